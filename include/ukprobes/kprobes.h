@@ -1,0 +1,110 @@
+/*
+ * <ukprobes/kprobes.h>: the kernel's kprobes API for user-space programs.
+ *
+ * Names, types and return values are the kernel's (include/linux/kprobes.h),
+ * so a kernel kprobe module ports to a user-space program by changing its
+ * includes and turning module_init/module_exit into calls from main().
+ * Functions return 0 or a negative errno, as the kernel's do:
+ *   -EINVAL        malformed probe, blacklisted or unprobeable instruction,
+ *                  address not executable
+ *   -EILSEQ        address inside an instruction, or undecodable bytes
+ *   -ENOENT        unknown symbol or module
+ *   -EADDRNOTAVAIL several symbols match the name
+ *   -EEXIST        this struct kprobe is registered already
+ *   -ERANGE        no out-of-line memory within +-2 GiB
+ *   -ENOMEM, -EIO  resources, system call failures
+ * The reason behind the last error of the calling thread, in words:
+ * ukprobes_last_error().
+ */
+#ifndef UKPROBES_KPROBES_H
+#define UKPROBES_KPROBES_H
+
+#include <errno.h>
+#include <stdio.h>
+
+#include "ukprobes/pt_regs.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef unsigned char kprobe_opcode_t;
+
+struct kprobe;
+typedef int (*kprobe_pre_handler_t)(struct kprobe *, struct pt_regs *);
+typedef void (*kprobe_post_handler_t)(struct kprobe *, struct pt_regs *, unsigned long flags);
+typedef int (*kprobe_fault_handler_t)(struct kprobe *, struct pt_regs *, int trapnr);
+
+#define KPROBE_FLAG_GONE	1	/* never set here: modules are not unloaded under a probe */
+#define KPROBE_FLAG_DISABLED	2	/* registered but not armed */
+
+struct kprobe {
+	/* Where: addr, or symbol_name ("name" or "module:name"), plus offset. */
+	kprobe_opcode_t *addr;
+	const char *symbol_name;
+	unsigned int offset;
+
+	kprobe_pre_handler_t pre_handler;
+	kprobe_post_handler_t post_handler;
+	/* Removed from the kernel in 5.14; kept here because a user-space
+	 * handler can fault and recover.  Returns non-zero if it fixed the fault. */
+	kprobe_fault_handler_t fault_handler;
+
+	/* The instruction's first original byte, as in the kernel. */
+	kprobe_opcode_t opcode;
+	unsigned int flags;
+	/* Hits skipped because a handler was already running on the thread. */
+	unsigned long nmissed;
+
+	void *ukprobes_private;	/* the engine's; zero-initialise it */
+};
+
+int register_kprobe(struct kprobe *p);
+void unregister_kprobe(struct kprobe *p);
+int register_kprobes(struct kprobe **kps, int num);
+void unregister_kprobes(struct kprobe **kps, int num);
+int enable_kprobe(struct kprobe *kp);
+int disable_kprobe(struct kprobe *kp);
+
+/* Hits that ran this probe's handlers (the kernel shows these in
+ * kprobe_profile rather than in struct kprobe). */
+unsigned long kprobe_nhit(const struct kprobe *p);
+/* Why the last call of this thread failed: "symbol 'foo' not found ..." */
+const char *ukprobes_last_error(void);
+/* Never probe [start, end) (NOKPROBE_SYMBOL for ranges). */
+void ukprobes_blacklist_range(unsigned long start, unsigned long end);
+
+static inline int kprobe_disabled(const struct kprobe *p)
+{
+	return (p->flags & KPROBE_FLAG_DISABLED) != 0;
+}
+
+/* Kernel-isms kprobe modules use, so that their code compiles unchanged. */
+#ifndef __kprobes
+#define __kprobes
+#endif
+#ifndef KSYM_NAME_LEN
+#define KSYM_NAME_LEN 512
+#endif
+#ifndef pr_fmt
+#define pr_fmt(fmt) fmt
+#endif
+#define pr_info(fmt, ...) fprintf(stdout, pr_fmt(fmt), ##__VA_ARGS__)
+#define pr_err(fmt, ...) fprintf(stderr, pr_fmt(fmt), ##__VA_ARGS__)
+#define pr_warn(fmt, ...) fprintf(stderr, pr_fmt(fmt), ##__VA_ARGS__)
+#define pr_debug(fmt, ...) do { if (0) fprintf(stderr, pr_fmt(fmt), ##__VA_ARGS__); } while (0)
+/* Blacklists a function of the program for probes. */
+#define NOKPROBE_SYMBOL(fname)                                                           \
+	__attribute__((constructor)) static void ukprobes_nokprobe_##fname(void)         \
+	{                                                                                \
+		ukprobes_blacklist_range((unsigned long)(fname), (unsigned long)(fname) + 1); \
+	}
+#if defined(__x86_64__) && !defined(CONFIG_X86)
+#define CONFIG_X86 1
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* UKPROBES_KPROBES_H */

@@ -1,0 +1,128 @@
+// ukprobes: kprobes for user-space x86-64 programs.  The C++ API.
+//
+//   ukp::Kprobe probe{.symbol_name = "libc.so.6:write",
+//                     .pre_handler = [](ukp::Kprobe&, ukp::Regs& regs) {
+//                         /* regs.di, regs.si, regs.dx: fd, buffer, count */
+//                         return 0;
+//                     }};
+//   if (auto registered = ukp::register_kprobe(probe); !registered)
+//       fmt::print(stderr, "{}\n", registered.error().message);
+//   ...
+//   ukp::unregister_kprobe(probe);
+//
+// Semantics follow the kernel's kprobes (Documentation/trace/kprobes.rst):
+// - pre_handler runs before the probed instruction with the registers as
+//   they are there (regs.ip is the probe address).  It may change them.
+//   Returning non-zero means "I have set regs.ip; do not execute the probed
+//   instruction": execution continues at regs.ip.
+// - post_handler runs after the probed instruction, with regs.ip at the next
+//   instruction.
+// - fault_handler runs when a handler of this probe faults; returning
+//   non-zero means it fixed the cause and the faulting access is retried.
+// - Several probes on one address run in registration order.
+// - A probe hit while a handler of any probe runs on the same thread runs no
+//   handler: nmissed() counts it.
+// Handlers run inside a SIGTRAP handler of the thread that hit the probe:
+// only async-signal-safe functions are strictly safe there (see README).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "ukprobes/error.hpp"
+#include "ukprobes/pt_regs.h"
+
+namespace ukp {
+
+using Regs = ::pt_regs;
+
+struct Kprobe;
+using PreHandler = std::function<int(Kprobe&, Regs&)>;
+using PostHandler = std::function<void(Kprobe&, Regs&, unsigned long flags)>;
+using FaultHandler = std::function<int(Kprobe&, Regs&, int trap_number)>;
+
+// Kprobe::flags, with the kernel's values.
+inline constexpr unsigned flag_disabled = 2;  // KPROBE_FLAG_DISABLED: registered but not armed
+
+namespace detail {
+struct ProbeState;
+// The engine's bookkeeping for one Kprobe; makes Kprobe non-copyable while
+// keeping it an aggregate, so designated initializers work.
+class Registration {
+public:
+    Registration() = default;
+    Registration(const Registration&) = delete;
+    Registration& operator=(const Registration&) = delete;
+    ~Registration();
+    ProbeState* state = nullptr;
+};
+}  // namespace detail
+
+struct Kprobe {
+    // Where: an address, or a symbol ("name" or "module:name", the module by
+    // its file name like "libc.so.6"), plus an offset added to either.
+    void* addr = nullptr;
+    std::string symbol_name;
+    std::uint64_t offset = 0;
+
+    PreHandler pre_handler;
+    PostHandler post_handler;
+    FaultHandler fault_handler;
+    unsigned flags = 0;
+    void* data = nullptr;  // for the user; ukprobes never touches it
+
+    // Counters, valid while registered and after unregistration.
+    [[nodiscard]] std::uint64_t nhit() const noexcept;
+    [[nodiscard]] std::uint64_t nmissed() const noexcept;
+    // Handler calls abandoned because the handler faulted.
+    [[nodiscard]] std::uint64_t nfault() const noexcept;
+    [[nodiscard]] bool is_registered() const noexcept;
+    [[nodiscard]] bool is_enabled() const noexcept;
+    // The resolved address (also written to `addr` at registration, as the
+    // kernel does).
+    [[nodiscard]] void* address() const noexcept;
+
+    detail::Registration registration;  // the engine's; do not touch
+};
+
+[[nodiscard]] Result<void> register_kprobe(Kprobe& probe);
+void unregister_kprobe(Kprobe& probe);
+// All or nothing: when one fails, those registered before it are unregistered.
+[[nodiscard]] Result<void> register_kprobes(std::span<Kprobe* const> probes);
+void unregister_kprobes(std::span<Kprobe* const> probes);
+[[nodiscard]] Result<void> enable_kprobe(Kprobe& probe);
+[[nodiscard]] Result<void> disable_kprobe(Kprobe& probe);
+
+// What is probed now, like the kernel's /sys/kernel/debug/kprobes/list.
+struct ProbeInfo {
+    std::uint64_t address;
+    std::string where;        // "symbol+0x4 [module]"
+    std::string kind;         // "emulated", "boosted" or "boosted+post-trap"
+    std::string instruction;  // the probed instruction, disassembled
+    bool enabled;
+    std::uint64_t nhit, nmissed, nfault;
+};
+[[nodiscard]] std::vector<ProbeInfo> list_probes();
+// One line per probe: "ADDRESS  k  WHERE  KIND  [DISABLED]", then counters.
+[[nodiscard]] std::string format_probe_list();
+
+// Code that must never be probed, in addition to ukprobes' own code and the
+// signal return trampoline (the kernel's NOKPROBE_SYMBOL).
+void blacklist_range(std::uint64_t start, std::uint64_t end);
+
+// What happens when a handler faults and has no fault_handler that claims
+// the fault: Recover abandons that handler call (the program continues as if
+// it returned 0; nfault() counts it, stderr says it once per probe); Abort
+// prints the same line and aborts the process.
+enum class HandlerFaultPolicy { Recover, Abort };
+void set_handler_fault_policy(HandlerFaultPolicy policy);
+
+// Frees slots of unregistered probes that earlier unregistrations had to
+// leave because a thread was still inside; returns how many still wait.
+std::size_t reclaim_retired_probes();
+
+}  // namespace ukp

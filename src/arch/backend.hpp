@@ -1,0 +1,88 @@
+// The architecture hooks the generic engine calls: the user-space version
+// of the kernel's arch_prepare_kprobe / arch_arm_kprobe / resume_execution
+// family.  src/core includes this file and nothing under src/arch/<arch>/;
+// a second architecture implements the same functions in its own folder.
+#pragma once
+
+#include <signal.h>
+
+#include <array>
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+#include "ukprobes/error.hpp"
+#include "ukprobes/pt_regs.h"
+
+#if defined(__x86_64__)
+#include "arch/x86_64/backend_types.hpp"
+#else
+#error "no probe backend for this architecture"
+#endif
+
+namespace ukp::arch {
+
+// Types every backend defines in its backend_types.hpp:
+//   PreparedInsn  the decoded, classified instruction under a probe
+//   max_insn_length, slot_size, breakpoint_bytes
+
+// Step 1 of registration: decode and classify the instruction at `address`,
+// whose original bytes (no breakpoints of ours) start `code`.  Refuses what
+// cannot be probed.
+[[nodiscard]] Result<PreparedInsn> prepare_insn(std::uint64_t address, std::span<const std::uint8_t> code);
+
+[[nodiscard]] std::size_t insn_length(const PreparedInsn& insn) noexcept;
+[[nodiscard]] bool is_emulated(const PreparedInsn& insn) noexcept;
+[[nodiscard]] std::string describe_insn(const PreparedInsn& insn);
+
+// Whether [start, start+length) of the function starting at `function_start`
+// (original bytes in `function_code`) is on an instruction boundary.
+[[nodiscard]] Result<void> check_boundary(std::span<const std::uint8_t> function_code,
+                                          std::uint64_t function_start, std::uint64_t address);
+
+// The out-of-line slot: the code the thread runs after the handlers.  Two
+// entries: `boost` runs the displaced instruction and jumps back; `post` runs
+// it and traps again so that post-handlers run.
+[[nodiscard]] Result<void> build_slot(PreparedInsn& insn, std::uint64_t slot_address,
+                                      std::span<std::uint8_t, slot_size> out);
+[[nodiscard]] std::uint64_t boost_entry(std::uint64_t slot_address) noexcept;
+[[nodiscard]] std::uint64_t post_entry(std::uint64_t slot_address) noexcept;
+
+enum class SlotPlace : std::uint8_t {
+    Outside,
+    InDisplacedInsn,   // executing (or faulting in) the displaced instruction
+    AfterBoostedInsn,  // the instruction is done; the jump back has not run
+    AtPostBreakpoint,  // the instruction is done; the post trap has not run
+};
+// Where `pc` lies in a slot.  `pc` is the trapping/faulting instruction's
+// address, or for a breakpoint trap the address of the breakpoint.
+[[nodiscard]] SlotPlace locate_in_slot(const PreparedInsn& insn, std::uint64_t slot_address,
+                                       std::uint64_t pc) noexcept;
+
+// The trap context.
+void load_regs(const void* ucontext, pt_regs& regs) noexcept;
+void store_regs(const pt_regs& regs, void* ucontext) noexcept;
+[[nodiscard]] std::uint64_t instruction_pointer(const pt_regs& regs) noexcept;
+void set_instruction_pointer(pt_regs& regs, std::uint64_t address) noexcept;
+[[nodiscard]] std::uint64_t ucontext_instruction_pointer(const void* ucontext) noexcept;
+
+enum class TrapKind : std::uint8_t { Breakpoint, SingleStep, Other };
+[[nodiscard]] TrapKind classify_trap(const siginfo_t* info) noexcept;
+// The breakpoint instruction's address, given the registers after the trap.
+[[nodiscard]] std::uint64_t breakpoint_address(const pt_regs& regs) noexcept;
+// The program single-steps itself (TF); emulated instructions must then
+// report the step the hardware would have.
+[[nodiscard]] bool is_single_stepping(const pt_regs& regs) noexcept;
+// The kernel's trap number for a fault signal (kprobes' fault_handler trapnr).
+[[nodiscard]] int trap_number(int signal, const siginfo_t* info) noexcept;
+
+// Executes an emulated instruction on `regs`; memory goes through `read` and
+// `write`, which return false when an access would fault.
+struct Memory {
+    bool (*read)(std::uint64_t address, void* out, std::size_t size, void* context);
+    bool (*write)(std::uint64_t address, const void* in, std::size_t size, void* context);
+    void* context;
+};
+[[nodiscard]] bool emulate(const PreparedInsn& insn, pt_regs& regs, const Memory& memory) noexcept;
+
+}  // namespace ukp::arch

@@ -1,0 +1,164 @@
+// The x86-64 probe backend: what the generic engine asks of an architecture.
+//
+// Facts this relies on:
+// - int3 (CC) traps with RIP pointing after it; the kernel reports it as
+//   SIGTRAP with si_code SI_KERNEL.  A TF single-step reports TRAP_TRACE,
+//   a hardware breakpoint TRAP_HWBKPT, kill()/tgkill() SI_USER/SI_TKILL.
+// - On a fault, RIP is the faulting instruction's first byte.
+// - The ucontext's gregs array (REG_R8 ... REG_RIP, REG_EFL) holds what
+//   rt_sigreturn restores; writing it is how a handler changes registers.
+// - Flag TF is bit 8 of RFLAGS.
+#include "arch/backend.hpp"
+
+#include <ucontext.h>
+
+#include <cstring>
+#include <fmt/format.h>
+
+#include "arch/x86_64/relocator.hpp"
+
+namespace ukp::arch {
+
+namespace {
+constexpr std::uint64_t trap_flag = 1u << 8;
+constexpr std::uint8_t int3_opcode = 0xCC;
+}  // namespace
+
+Result<PreparedInsn> prepare_insn(std::uint64_t address, std::span<const std::uint8_t> code) {
+    auto insn = x86::decode_one(code, address);
+    if (!insn) return std::unexpected(insn.error());
+    auto probe = x86::analyze_probe_insn(*insn);
+    if (!probe) return std::unexpected(probe.error());
+    return PreparedInsn{*probe, 0, 0};
+}
+
+std::size_t insn_length(const PreparedInsn& insn) noexcept { return insn.probe.insn.length; }
+
+bool is_emulated(const PreparedInsn& insn) noexcept { return insn.probe.strategy == x86::Strategy::Emulate; }
+
+std::string describe_insn(const PreparedInsn& insn) { return x86::disassemble(insn.probe.insn); }
+
+Result<void> check_boundary(std::span<const std::uint8_t> function_code, std::uint64_t function_start,
+                            std::uint64_t address) {
+    return x86::check_instruction_boundary(function_code, function_start, address);
+}
+
+Result<void> build_slot(PreparedInsn& insn, std::uint64_t slot_address, std::span<std::uint8_t, slot_size> out) {
+    // Filling with int3 means a stray jump into padding traps instead of
+    // running whatever bytes happen to be there.
+    std::memset(out.data(), int3_opcode, out.size());
+    const auto& original = insn.probe.insn;
+
+    // Boost form: relocated instruction; jmp rel32 -> original next instruction.
+    auto boost = out.subspan(0, post_form_offset);
+    auto copied = x86::relocate(original, slot_address, boost);
+    if (!copied) return std::unexpected(copied.error());
+    auto jump = x86::emit_jmp_rel32(slot_address + *copied, original.next_address(), boost.subspan(*copied));
+    if (!jump) return std::unexpected(jump.error());
+    insn.boost_copy_length = static_cast<std::uint8_t>(*copied);
+
+    // Post form: relocated instruction; int3 (the post trap; already there from the fill).
+    auto post = out.subspan(post_form_offset);
+    auto post_copied = x86::relocate(original, slot_address + post_form_offset, post);
+    if (!post_copied) return std::unexpected(post_copied.error());
+    insn.post_copy_length = static_cast<std::uint8_t>(*post_copied);
+    return {};
+}
+
+std::uint64_t boost_entry(std::uint64_t slot_address) noexcept { return slot_address; }
+std::uint64_t post_entry(std::uint64_t slot_address) noexcept { return slot_address + post_form_offset; }
+
+SlotPlace locate_in_slot(const PreparedInsn& insn, std::uint64_t slot_address, std::uint64_t pc) noexcept {
+    if (pc < slot_address || pc >= slot_address + slot_size) return SlotPlace::Outside;
+    std::uint64_t offset = pc - slot_address;
+    if (offset < insn.boost_copy_length) return SlotPlace::InDisplacedInsn;
+    if (offset == insn.boost_copy_length) return SlotPlace::AfterBoostedInsn;
+    if (offset < post_form_offset) return SlotPlace::Outside;  // inside the jmp back
+    offset -= post_form_offset;
+    if (offset < insn.post_copy_length) return SlotPlace::InDisplacedInsn;
+    if (offset == insn.post_copy_length) return SlotPlace::AtPostBreakpoint;
+    return SlotPlace::Outside;
+}
+
+void load_regs(const void* ucontext, pt_regs& regs) noexcept {
+    const auto& g = static_cast<const ucontext_t*>(ucontext)->uc_mcontext.gregs;
+    regs.r15 = g[REG_R15];
+    regs.r14 = g[REG_R14];
+    regs.r13 = g[REG_R13];
+    regs.r12 = g[REG_R12];
+    regs.bp = g[REG_RBP];
+    regs.bx = g[REG_RBX];
+    regs.r11 = g[REG_R11];
+    regs.r10 = g[REG_R10];
+    regs.r9 = g[REG_R9];
+    regs.r8 = g[REG_R8];
+    regs.ax = g[REG_RAX];
+    regs.cx = g[REG_RCX];
+    regs.dx = g[REG_RDX];
+    regs.si = g[REG_RSI];
+    regs.di = g[REG_RDI];
+    regs.orig_ax = ~0ul;
+    regs.ip = g[REG_RIP];
+    regs.cs = static_cast<std::uint64_t>(g[REG_CSGSFS]) & 0xffff;
+    regs.flags = g[REG_EFL];
+    regs.sp = g[REG_RSP];
+    regs.ss = 0x2b;  // __USER_DS; not in the ucontext, constant for 64-bit user code
+}
+
+void store_regs(const pt_regs& regs, void* ucontext) noexcept {
+    auto& g = static_cast<ucontext_t*>(ucontext)->uc_mcontext.gregs;
+    g[REG_R15] = static_cast<greg_t>(regs.r15);
+    g[REG_R14] = static_cast<greg_t>(regs.r14);
+    g[REG_R13] = static_cast<greg_t>(regs.r13);
+    g[REG_R12] = static_cast<greg_t>(regs.r12);
+    g[REG_RBP] = static_cast<greg_t>(regs.bp);
+    g[REG_RBX] = static_cast<greg_t>(regs.bx);
+    g[REG_R11] = static_cast<greg_t>(regs.r11);
+    g[REG_R10] = static_cast<greg_t>(regs.r10);
+    g[REG_R9] = static_cast<greg_t>(regs.r9);
+    g[REG_R8] = static_cast<greg_t>(regs.r8);
+    g[REG_RAX] = static_cast<greg_t>(regs.ax);
+    g[REG_RCX] = static_cast<greg_t>(regs.cx);
+    g[REG_RDX] = static_cast<greg_t>(regs.dx);
+    g[REG_RSI] = static_cast<greg_t>(regs.si);
+    g[REG_RDI] = static_cast<greg_t>(regs.di);
+    g[REG_RIP] = static_cast<greg_t>(regs.ip);
+    g[REG_EFL] = static_cast<greg_t>(regs.flags);
+    g[REG_RSP] = static_cast<greg_t>(regs.sp);
+}
+
+std::uint64_t instruction_pointer(const pt_regs& regs) noexcept { return regs.ip; }
+void set_instruction_pointer(pt_regs& regs, std::uint64_t address) noexcept { regs.ip = address; }
+
+std::uint64_t ucontext_instruction_pointer(const void* ucontext) noexcept {
+    return static_cast<std::uint64_t>(static_cast<const ucontext_t*>(ucontext)->uc_mcontext.gregs[REG_RIP]);
+}
+
+TrapKind classify_trap(const siginfo_t* info) noexcept {
+    if (info->si_code == SI_KERNEL) return TrapKind::Breakpoint;
+    if (info->si_code == TRAP_TRACE) return TrapKind::SingleStep;
+    return TrapKind::Other;
+}
+
+std::uint64_t breakpoint_address(const pt_regs& regs) noexcept { return regs.ip - breakpoint_bytes.size(); }
+
+bool is_single_stepping(const pt_regs& regs) noexcept { return (regs.flags & trap_flag) != 0; }
+
+int trap_number(int signal, const siginfo_t* info) noexcept {
+    // The x86 exception vectors the kernel would have passed as trapnr.
+    switch (signal) {
+    case SIGFPE: return info->si_code == FPE_INTDIV || info->si_code == FPE_INTOVF ? 0 : 19;  // #DE, #XM
+    case SIGILL: return 6;                                                                   // #UD
+    case SIGBUS: return 17;                                                                  // #AC
+    case SIGSEGV: return info->si_code == SI_KERNEL ? 13 : 14;                               // #GP, #PF
+    case SIGTRAP: return 3;                                                                  // #BP
+    default: return -1;
+    }
+}
+
+bool emulate(const PreparedInsn& insn, pt_regs& regs, const Memory& memory) noexcept {
+    x86::MemoryAccess access{memory.read, memory.write, memory.context};
+    return x86::emulate(insn.probe, regs, access) == x86::EmulationStatus::Done;
+}
+
+}  // namespace ukp::arch

@@ -1,0 +1,30 @@
+// x86-64 sizes and types the generic engine stores without looking inside.
+#pragma once
+
+#include <array>
+#include <cstdint>
+
+#include "arch/x86_64/probe_insn.hpp"
+
+namespace ukp::arch {
+
+inline constexpr std::size_t max_insn_length = 15;
+// int3 (CC): one byte, so arming and disarming are single-byte writes that
+// another core sees whole.
+inline constexpr std::array<std::uint8_t, 1> breakpoint_bytes{0xCC};
+
+// Slot layout (one cache-line pair per probe point):
+//   [0, 64)    boost form: relocated instruction; jmp rel32 -> next original instruction
+//   [64, 128)  post form:  relocated instruction; int3 (post trap)
+// A relocated instruction is at most 32 bytes (x86::max_relocated_length).
+inline constexpr std::size_t slot_size = 128;
+inline constexpr std::size_t post_form_offset = 64;
+
+struct PreparedInsn {
+    x86::ProbeInsn probe;
+    // Length of the relocated copy in each form, set by build_slot.
+    std::uint8_t boost_copy_length = 0;
+    std::uint8_t post_copy_length = 0;
+};
+
+}  // namespace ukp::arch

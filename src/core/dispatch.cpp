@@ -1,0 +1,370 @@
+// The trap path: what runs when a thread hits a probe.
+//
+// It runs inside signal handlers, so it takes no lock, allocates nothing and
+// calls no libc function (only raw system calls, on rare paths).  The
+// user's handlers are the exception: they may call what they like, and a
+// probe they hit is counted as missed rather than handled (the kernel's
+// reentrancy rule), see hit_probe().
+//
+// A breakpoint trap (SIGTRAP, int3), step by step:
+//   1. Enter the dispatcher: this thread's sequence becomes odd (seq_cst),
+//      before anything is looked up (grace_period.cpp relies on it).
+//   2. The trapping address is a probe point: run the pre-handlers of its
+//      enabled records; then run the displaced instruction, by emulation or
+//      in its slot (boost form, or post form when a record has a
+//      post-handler: the slot's second breakpoint brings us back to run it).
+//   3. It is the breakpoint at the end of a slot's post form: run the
+//      post-handlers and resume after the original instruction.
+//   4. Neither, and the byte there is no longer a breakpoint but was one of
+//      ours recently: another thread removed the probe after we trapped
+//      (seed 001).  Restart the instruction.
+//   5. Otherwise the breakpoint is the program's (or a debugger's): leave the
+//      dispatcher and deliver the signal to the program's own disposition.
+//
+// A single-step trap (TF set by the program itself) inside a slot is moved
+// to the equivalent original address before the program sees it; after an
+// emulated instruction the dispatcher reports the step the hardware would
+// have reported.
+//
+// Faults (SIGSEGV, SIGBUS, SIGILL, SIGFPE):
+//   - in a slot's displaced instruction: the program sees it at the
+//     original address;
+//   - in a user handler: the probe's fault handler may claim it; otherwise
+//     the handler call is abandoned (HandlerFaultPolicy::Recover: one line
+//     on stderr per probe, nfault counts it, the program continues as if the
+//     handler had returned 0) or the process is aborted with a message
+//     (HandlerFaultPolicy::Abort).  It is never passed to the program as if
+//     the program had faulted;
+//   - in a memory access of the emulator: the emulation is abandoned and the
+//     instruction runs in its slot instead, where it faults as the program's.
+//   - anywhere else: the program's own fault, delivered to its disposition.
+#include <signal.h>
+
+#include "arch/backend.hpp"
+#include "core/engine.hpp"
+#include "core/thread_state.hpp"
+#include "os/linux/raw_syscall.hpp"
+#include "os/linux/signals.hpp"
+
+namespace ukp::core {
+
+namespace {
+
+enum class EscapeKind : std::uint8_t { None, Handler, MemoryAccess };
+thread_local EscapeKind escape_kind = EscapeKind::None;
+
+// Steps 1 and its reverse: the outermost entry and exit flip the sequence.
+class DispatchScope {
+public:
+    explicit DispatchScope(ThreadRecord* record) noexcept : record_(record) {
+        if (record_->dispatch_depth++ == 0) record_->dispatch_sequence.fetch_add(1, std::memory_order_seq_cst);
+    }
+    ~DispatchScope() { leave(); }
+    void leave() noexcept {
+        if (record_ == nullptr) return;
+        if (--record_->dispatch_depth == 0) record_->dispatch_sequence.fetch_add(1, std::memory_order_seq_cst);
+        record_ = nullptr;
+    }
+    DispatchScope(const DispatchScope&) = delete;
+    DispatchScope& operator=(const DispatchScope&) = delete;
+
+private:
+    ThreadRecord* record_;
+};
+
+// A plain loop the compiler must not turn into a memcpy call.
+void copy_words(void* to, const void* from, std::size_t size) noexcept {
+    auto* target = static_cast<volatile std::uint64_t*>(to);
+    auto* source = static_cast<const volatile std::uint64_t*>(from);
+    for (std::size_t i = 0; i < size / sizeof(std::uint64_t); ++i) target[i] = source[i];
+}
+
+void write_stderr(const char* text) noexcept {
+    std::size_t length = 0;
+    while (text[length] != '\0') ++length;
+    (void)os::raw_write(2, text, length);
+}
+
+void write_hex(char* out, std::uint64_t value) noexcept {
+    static const char digits[] = "0123456789abcdef";
+    out[0] = '0';
+    out[1] = 'x';
+    for (int i = 0; i < 16; ++i) out[2 + i] = digits[(value >> (60 - 4 * i)) & 0xf];
+    out[18] = '\0';
+}
+
+// Calls a user handler so that a fault inside it returns here instead of
+// reaching the program.  __builtin_setjmp saves only a frame and stack
+// pointer: no libc, no signal mask system call (our handlers run with
+// SA_NODEFER, so the mask needs no restoring).
+template <class Call>
+[[gnu::noinline]] bool call_guarded(ThreadRecord* record, EscapeKind kind, Call&& call) {
+    EscapeKind outer = escape_kind;
+    bool saved_armed = record->handler_escape_armed;
+    void* saved_escape[5];
+    for (int i = 0; i < 5; ++i) saved_escape[i] = record->handler_escape[i];
+    bool completed = false;
+    if (__builtin_setjmp(record->handler_escape) == 0) {
+        record->handler_escape_armed = true;
+        escape_kind = kind;
+        call();
+        completed = true;
+    }
+    escape_kind = outer;
+    for (int i = 0; i < 5; ++i) record->handler_escape[i] = saved_escape[i];
+    record->handler_escape_armed = saved_armed;
+    return completed;
+}
+
+bool guarded_read(std::uint64_t address, void* out, std::size_t size, void* context) {
+    auto* record = static_cast<ThreadRecord*>(context);
+    return call_guarded(record, EscapeKind::MemoryAccess, [&] {
+        auto* to = static_cast<volatile std::uint8_t*>(out);
+        auto* from = reinterpret_cast<const volatile std::uint8_t*>(address);
+        for (std::size_t i = 0; i < size; ++i) to[i] = from[i];
+    });
+}
+
+bool guarded_write(std::uint64_t address, const void* in, std::size_t size, void* context) {
+    auto* record = static_cast<ThreadRecord*>(context);
+    return call_guarded(record, EscapeKind::MemoryAccess, [&] {
+        auto* to = reinterpret_cast<volatile std::uint8_t*>(address);
+        auto* from = static_cast<const volatile std::uint8_t*>(in);
+        for (std::size_t i = 0; i < size; ++i) to[i] = from[i];
+    });
+}
+
+void run_post_handlers(ThreadRecord* record, ProbePoint* point, const HandlerList* list, pt_regs& regs) {
+    for (ProbeRecord* probe : list->probes) {
+        if (probe->post_handler == nullptr || !probe->enabled.load(std::memory_order_relaxed)) continue;
+        record->current_probe = probe;
+        record->current_point = point;
+        call_guarded(record, EscapeKind::Handler, [&] { probe->post_handler(*probe, regs, 0); });
+    }
+    record->current_probe = nullptr;
+    record->current_point = nullptr;
+}
+
+enum class Outcome : std::uint8_t { Resume, ResumeAndReportStep };
+
+// Runs the displaced instruction without handlers' involvement: emulated
+// here, or by sending the thread to its slot.
+Outcome execute_displaced(ThreadRecord* record, ProbePoint* point, pt_regs& regs, bool post_trap_wanted) {
+    if (arch::is_emulated(point->insn)) {
+        arch::Memory memory{guarded_read, guarded_write, record};
+        if (arch::emulate(point->insn, regs, memory)) {
+            if (post_trap_wanted) run_post_handlers(record, point, point->handlers.load(std::memory_order_acquire), regs);
+            return arch::is_single_stepping(regs) ? Outcome::ResumeAndReportStep : Outcome::Resume;
+        }
+        // The access would fault: run the copy, which faults as the program's.
+        arch::set_instruction_pointer(regs, arch::boost_entry(point->slot));
+        return Outcome::Resume;
+    }
+    arch::set_instruction_pointer(regs, post_trap_wanted ? arch::post_entry(point->slot) : arch::boost_entry(point->slot));
+    return Outcome::Resume;
+}
+
+Outcome hit_probe(ThreadRecord* record, ProbePoint* point, pt_regs& regs) {
+    arch::set_instruction_pointer(regs, point->address);
+    const HandlerList* list = point->handlers.load(std::memory_order_acquire);
+
+    // Reentrancy: a handler on this thread hit a probe.  Count it missed for
+    // every record there, as the kernel does for aggregate probes.
+    if (record->current_probe != nullptr) {
+        for (ProbeRecord* probe : list->probes)
+            if (probe->enabled.load(std::memory_order_relaxed)) probe->count_miss();
+        return execute_displaced(record, point, regs, false);
+    }
+
+    for (ProbeRecord* probe : list->probes) {
+        if (!probe->enabled.load(std::memory_order_relaxed)) continue;
+        probe->nhit.fetch_add(1, std::memory_order_relaxed);
+        if (probe->pre_handler == nullptr) continue;
+        record->current_probe = probe;
+        record->current_point = point;
+        int result = 0;
+        pt_regs before = regs;
+        if (!call_guarded(record, EscapeKind::Handler, [&] { result = probe->pre_handler(*probe, regs); }))
+            regs = before;  // abandoned: as if it returned 0 and changed nothing
+        record->current_probe = nullptr;
+        record->current_point = nullptr;
+        // Non-zero: the handler has set the registers, ip included, and the
+        // probed instruction is not executed (kernel semantics).
+        if (result != 0) return Outcome::Resume;
+    }
+    return execute_displaced(record, point, regs, list->has_post_handler);
+}
+
+Outcome hit_post_breakpoint(ThreadRecord* record, ProbePoint* point, pt_regs& regs) {
+    arch::set_instruction_pointer(regs, point->address + arch::insn_length(point->insn));
+    if (record->current_probe == nullptr)
+        run_post_handlers(record, point, point->handlers.load(std::memory_order_acquire), regs);
+    return arch::is_single_stepping(regs) ? Outcome::ResumeAndReportStep : Outcome::Resume;
+}
+
+void report_single_step(int signal, siginfo_t* info, void* context) {
+    siginfo_t step{};
+    step.si_signo = SIGTRAP;
+    step.si_code = TRAP_TRACE;
+    step.si_addr = reinterpret_cast<void*>(arch::ucontext_instruction_pointer(context));
+    (void)info;
+    os::deliver_to_program(signal, &step, context, false);
+}
+
+void on_trap_signal(int signal, siginfo_t* info, void* context) {
+    ThreadRecord* record = this_thread_record();
+    if (record == nullptr) {
+        os::deliver_to_program(signal, info, context, false);
+        return;
+    }
+    DispatchScope scope(record);
+    Engine& engine = Engine::instance();
+    pt_regs regs;
+    arch::load_regs(context, regs);
+
+    switch (arch::classify_trap(info)) {
+    case arch::TrapKind::Breakpoint: {
+        std::uint64_t address = arch::breakpoint_address(regs);
+        Outcome outcome;
+        std::uint64_t slot = 0;
+        if (ProbePoint* point = engine.table.find(address)) {
+            outcome = hit_probe(record, point, regs);
+        } else if (ProbePoint* owner = engine.slots.owner_of(address, &slot);
+                   owner && arch::locate_in_slot(owner->insn, slot, address) == arch::SlotPlace::AtPostBreakpoint) {
+            outcome = hit_post_breakpoint(record, owner, regs);
+        } else {
+            std::uint8_t byte = arch::breakpoint_bytes[0];
+            bool readable = guarded_read(address, &byte, 1, record);
+            if (!(readable && byte != arch::breakpoint_bytes[0] && engine.recently_disarmed.contains(address)))
+                break;  // step 5: not ours
+            arch::set_instruction_pointer(regs, address);  // step 4: restart
+            outcome = Outcome::Resume;
+        }
+        arch::store_regs(regs, context);
+        scope.leave();
+        if (outcome == Outcome::ResumeAndReportStep) report_single_step(signal, info, context);
+        return;
+    }
+    case arch::TrapKind::SingleStep: {
+        // The program single-steps itself; the step landed inside a slot.
+        std::uint64_t slot = 0;
+        std::uint64_t pc = arch::instruction_pointer(regs);
+        if (ProbePoint* owner = engine.slots.owner_of(pc, &slot)) {
+            auto place = arch::locate_in_slot(owner->insn, slot, pc);
+            if (place == arch::SlotPlace::AtPostBreakpoint) {
+                (void)hit_post_breakpoint(record, owner, regs);
+            } else if (place == arch::SlotPlace::AfterBoostedInsn) {
+                arch::set_instruction_pointer(regs, owner->address + arch::insn_length(owner->insn));
+            }
+            arch::store_regs(regs, context);
+        }
+        break;
+    }
+    case arch::TrapKind::Other:
+        break;
+    }
+    scope.leave();
+    os::deliver_to_program(signal, info, context, false);
+}
+
+[[noreturn]] void abort_for_handler_fault(const char* line) {
+    write_stderr(line);
+    write_stderr("ukprobes: aborting (handler fault policy is Abort)\n");
+    struct sigaction default_action {};
+    default_action.sa_handler = SIG_DFL;
+    os::raw_syscall(SYS_rt_sigaction, SIGABRT, reinterpret_cast<long>(&default_action), 0, 8);
+    os::raw_tgkill(os::raw_getpid(), os::raw_gettid(), SIGABRT);
+    for (;;) os::raw_syscall(SYS_exit_group, 134);
+}
+
+void on_fault_signal(int signal, siginfo_t* info, void* context) {
+    ThreadRecord* record = this_thread_record_if_any();
+    if (record == nullptr) {  // never trapped: cannot be ours
+        os::deliver_to_program(signal, info, context, true);
+        return;
+    }
+    DispatchScope scope(record);
+    Engine& engine = Engine::instance();
+    std::uint64_t pc = arch::ucontext_instruction_pointer(context);
+
+    // An emulator access that would fault: abandon it (see execute_displaced).
+    if (record->handler_escape_armed && escape_kind == EscapeKind::MemoryAccess) {
+        scope.leave();
+        __builtin_longjmp(record->handler_escape, 1);
+    }
+
+    // A fault in a user handler.
+    if (record->handler_escape_armed && escape_kind == EscapeKind::Handler && record->current_probe != nullptr) {
+        ProbeRecord* probe = record->current_probe;
+        if (probe->fault_handler != nullptr) {
+            pt_regs regs;
+            arch::load_regs(context, regs);
+            record->current_probe = nullptr;  // a fault in the fault handler is not recursed into
+            int handled = probe->fault_handler(*probe, regs, arch::trap_number(signal, info));
+            record->current_probe = probe;
+            if (handled) {
+                arch::store_regs(regs, context);
+                return;
+            }
+        }
+        probe->nfault.fetch_add(1, std::memory_order_relaxed);
+        char line[160] = "ukprobes: handler of probe at ";
+        char number[19];
+        write_hex(number, probe->address);
+        std::size_t at = 30;
+        for (char* c = number; *c; ++c) line[at++] = *c;
+        const char* middle = " faulted (signal ";
+        for (const char* c = middle; *c; ++c) line[at++] = *c;
+        if (signal >= 10) line[at++] = static_cast<char>('0' + signal / 10);
+        line[at++] = static_cast<char>('0' + signal % 10);
+        const char* tail = " at pc ";
+        for (const char* c = tail; *c; ++c) line[at++] = *c;
+        write_hex(number, pc);
+        for (char* c = number; *c; ++c) line[at++] = *c;
+        const char* end = "); the handler call was abandoned\n";
+        for (const char* c = end; *c; ++c) line[at++] = *c;
+        line[at] = '\0';
+        if (engine.handler_fault_policy.load(std::memory_order_relaxed) == HandlerFaultPolicy::Abort)
+            abort_for_handler_fault(line);
+        if (!probe->fault_reported.exchange(true, std::memory_order_relaxed)) write_stderr(line);
+        scope.leave();
+        __builtin_longjmp(record->handler_escape, 1);
+    }
+
+    // A fault of the displaced instruction in its slot: the program sees it
+    // at the probed address, unless it takes the default action (then the
+    // instruction faults again where it is and the process ends).
+    std::uint64_t slot = 0;
+    if (ProbePoint* owner = engine.slots.owner_of(pc, &slot);
+        owner && arch::locate_in_slot(owner->insn, slot, pc) == arch::SlotPlace::InDisplacedInsn) {
+        pt_regs regs;
+        arch::load_regs(context, regs);
+        arch::set_instruction_pointer(regs, owner->address);
+        scope.leave();
+        ucontext_t translated;
+        copy_words(&translated, context, sizeof translated);
+        arch::store_regs(regs, &translated);
+        os::deliver_to_program(signal, info, &translated, true);
+        // The program's handler may have changed the context; keep that,
+        // unless it left the probed address untouched: then resume in the
+        // slot so the instruction reruns without running handlers again.
+        pt_regs after;
+        arch::load_regs(&translated, after);
+        if (arch::instruction_pointer(after) == owner->address) arch::set_instruction_pointer(after, pc);
+        arch::store_regs(after, context);
+        return;
+    }
+    scope.leave();
+    os::deliver_to_program(signal, info, context, true);
+}
+
+}  // namespace
+
+Result<void> install_trap_handlers() {
+    if (auto taken = os::take_signal(SIGTRAP, on_trap_signal); !taken) return taken;
+    for (int signal : {SIGSEGV, SIGBUS, SIGILL, SIGFPE})
+        if (auto taken = os::take_signal(signal, on_fault_signal); !taken) return taken;
+    return os::take_signal(os::sampling_signal(), on_sampling_signal);
+}
+
+}  // namespace ukp::core

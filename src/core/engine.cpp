@@ -1,0 +1,400 @@
+// The registry: placing, arming, disarming and removing probes.
+//
+// Registration of a batch, step by step (registry lock held throughout):
+//   1. Resolve each target to an address; refuse addresses that are not
+//      executable, blacklisted, or not on an instruction boundary.
+//   2. For a new address, decode and classify the instruction from its
+//      original bytes, write its out-of-line slot, and publish the point in
+//      the table.  The slot is complete before the point is visible, and the
+//      point is visible before any breakpoint leads a thread to it.
+//   3. Arm: write the breakpoint byte.  One core sync for the whole batch
+//      makes every thread see every breakpoint before we return.
+//   A failure in any record unregisters the ones already done.
+//
+// Unregistration of a batch:
+//   1. Publish each point's handler list without the record.  A point left
+//      with no enabled record is disarmed (the original byte written back).
+//   2. One core sync: no thread executes a stale breakpoint after this...
+//   3. ...so points without records leave the table; a thread that trapped
+//      before step 1 and reaches the dispatcher only now finds no point and
+//      restarts the instruction (RecentlyDisarmed).
+//   4. Wait for every thread inside the dispatcher to leave it: afterwards
+//      no handler of the removed records runs, and old lists can be freed.
+//   5. Points (and their slots) are freed once no thread's program counter
+//      is inside the slot; until then they wait in retired_points_.
+#include "core/engine.hpp"
+
+#include <dlfcn.h>
+#include <link.h>
+#include <pthread.h>
+
+#include <algorithm>
+#include <fmt/format.h>
+
+#include "core/thread_state.hpp"
+#include "os/linux/memory.hpp"
+#include "os/linux/signals.hpp"
+
+namespace ukp::core {
+
+void RecentlyDisarmed::add(std::uint64_t address) noexcept {
+    std::size_t index = next_.fetch_add(1, std::memory_order_relaxed) % capacity;
+    addresses_[index].store(address, std::memory_order_seq_cst);
+}
+
+bool RecentlyDisarmed::contains(std::uint64_t address) const noexcept {
+    for (const auto& entry : addresses_)
+        if (entry.load(std::memory_order_relaxed) == address) return true;
+    return false;
+}
+
+struct Engine::Batch {
+    std::optional<os::CodeWriter> writer;
+    bool code_changed = false;
+    std::vector<ProbePoint*> points_to_remove;
+
+    Result<void> write(std::uint64_t address, std::span<const std::uint8_t> bytes) {
+        if (!writer) {
+            auto opened = os::CodeWriter::open();
+            if (!opened) return std::unexpected(opened.error());
+            writer.emplace(std::move(*opened));
+        }
+        code_changed = true;
+        return writer->write(address, bytes);
+    }
+};
+
+Engine& Engine::instance() {
+    // Never destroyed: threads may trap during static destruction.
+    static Engine* engine = new Engine();
+    return *engine;
+}
+
+namespace {
+
+void lock_registry_for_fork() { Engine::instance().registry_lock().lock(); }
+void unlock_registry_in_parent() { Engine::instance().registry_lock().unlock(); }
+void unlock_registry_in_child() {
+    adopt_records_after_fork();
+    Engine::instance().registry_lock().unlock();
+}
+
+std::string hex(std::uint64_t value) { return fmt::format("{:#x}", value); }
+
+unsigned long long loaded_modules_generation() {
+    unsigned long long generation = 0;
+    dl_iterate_phdr(
+        [](dl_phdr_info* info, std::size_t size, void* data) -> int {
+            if (size >= offsetof(dl_phdr_info, dlpi_subs) + sizeof(info->dlpi_subs))
+                *static_cast<unsigned long long*>(data) = info->dlpi_adds * 1000003ull + info->dlpi_subs;
+            return 1;  // the counters are global: the first module is enough
+        },
+        &generation);
+    return generation;
+}
+
+}  // namespace
+
+Result<void> Engine::initialize_locked() {
+    if (initialized_) return {};
+    if (auto installed = install_trap_handlers(); !installed) return installed;
+    // Blacklist our own code: a probe there would trap inside the trap path.
+    Dl_info self{};
+    if (dladdr(reinterpret_cast<void*>(&install_trap_handlers), &self) != 0) {
+        const auto& index = symbols_locked();
+        if (const auto* module = index.module_containing(reinterpret_cast<std::uint64_t>(self.dli_saddr))) {
+            bool linked_into_executable = module == &index.modules().front();
+            if (!linked_into_executable) {
+                for (const auto& segment : module->executable_segments)
+                    blacklist_.emplace_back(segment.start, segment.end);
+            } else if (auto ours = index.match_functions(module->name, "*3ukp*"); ours) {
+                // Linked statically: only our functions, not the program's.
+                for (const auto& symbol : *ours)
+                    blacklist_.emplace_back(symbol.address, symbol.address + std::max<std::uint64_t>(symbol.size, 1));
+            }
+        }
+    }
+    // glibc's __restore_rt: every signal handler returns through it.
+    if (std::uint64_t restorer = os::signal_restorer_address()) blacklist_.emplace_back(restorer, restorer + 16);
+    pthread_atfork(lock_registry_for_fork, unlock_registry_in_parent, unlock_registry_in_child);
+    initialized_ = true;
+    return {};
+}
+
+const elf::SymbolIndex& Engine::symbols_locked() {
+    auto generation = loaded_modules_generation();
+    if (!symbols_ || generation != symbols_generation_) {
+        auto snapshot = elf::SymbolIndex::snapshot();
+        if (snapshot) {
+            symbols_.emplace(std::move(*snapshot));
+            symbols_generation_ = generation;
+        }
+    }
+    return *symbols_;
+}
+
+Result<std::uint64_t> Engine::resolve(const ProbeTarget& target) {
+    std::lock_guard lock(lock_);
+    return resolve_locked(target);
+}
+
+Result<std::uint64_t> Engine::resolve_locked(const ProbeTarget& target) {
+    if (target.address != 0 && !target.symbol.empty())
+        return make_error(Errc::InvalidArgument,
+                          fmt::format("probe names both address {} and symbol '{}'", hex(target.address), target.symbol));
+    if (target.address != 0) return target.address + target.offset;
+    if (target.symbol.empty()) return make_error(Errc::InvalidArgument, "probe names neither an address nor a symbol");
+
+    std::string_view module, name = target.symbol;
+    if (auto colon = name.rfind(':'); colon != std::string_view::npos) {
+        module = name.substr(0, colon);
+        name = name.substr(colon + 1);
+    }
+    auto symbol = symbols_locked().find_function(module, name);
+    if (!symbol) return std::unexpected(symbol.error());
+    if (symbol->size != 0 && target.offset >= symbol->size)
+        return make_error(Errc::InvalidArgument,
+                          fmt::format("offset {} is beyond the end of '{}' ({} bytes)", hex(target.offset),
+                                      target.symbol, symbol->size));
+    return symbol->address + target.offset;
+}
+
+std::vector<std::uint8_t> Engine::read_original_code(std::uint64_t address, std::size_t length) const {
+    std::vector<std::uint8_t> code(length);
+    // Read what is readable; a function near the end of a mapping is shorter.
+    std::size_t readable = length;
+    while (readable > 0 && !os::safe_read(address, code.data(), readable)) --readable;
+    code.resize(readable);
+    // Our own breakpoints are not the program's code: put the original bytes back.
+    for (std::size_t i = 0; i < code.size(); ++i)
+        if (code[i] == arch::breakpoint_bytes[0])
+            if (const ProbePoint* other = table.find(address + i); other && other->armed) code[i] = other->original[0];
+    return code;
+}
+
+bool Engine::is_blacklisted(std::uint64_t address, std::size_t length) {
+    for (auto [start, end] : blacklist_)
+        if (address < end && address + length > start) return true;
+    return false;
+}
+
+void Engine::add_blacklist_range(std::uint64_t start, std::uint64_t end) {
+    std::lock_guard lock(lock_);
+    blacklist_.emplace_back(start, end);
+}
+
+Result<void> Engine::check_probe_address_locked(std::uint64_t address) {
+    auto executable = elf::is_executable_range(address, 1);
+    if (!executable) return std::unexpected(executable.error());
+    if (!*executable)
+        return make_error(Errc::NotExecutable, fmt::format("address {} is not in an executable mapping", hex(address)));
+    if (is_blacklisted(address, 1))
+        return make_error(Errc::Blacklisted,
+                          fmt::format("address {} is blacklisted (ukprobes' own code, the signal return path, "
+                                      "or a range added with blacklist_range)",
+                                      hex(address)));
+    // As tracefs does for sym+offs: decode from the function's start.
+    if (auto function = symbols_locked().function_containing(address); function && function->size != 0) {
+        auto code = read_original_code(function->address, address - function->address + arch::max_insn_length);
+        auto boundary = arch::check_boundary(code, function->address, address);
+        if (!boundary) {
+            auto error = boundary.error();
+            error.message = fmt::format("{}+{:#x} ({}): {}", function->name, address - function->address,
+                                        hex(address), error.message);
+            return std::unexpected(error);
+        }
+    }
+    return {};
+}
+
+Result<ProbePoint*> Engine::create_point_locked(std::uint64_t address, Batch& batch) {
+    auto code = read_original_code(address, arch::max_insn_length);
+    auto prepared = arch::prepare_insn(address, code);
+    if (!prepared) return std::unexpected(prepared.error());
+    auto length = arch::insn_length(*prepared);
+
+    auto slot = slots.allocate(address, address + length);
+    if (!slot) return std::unexpected(slot.error());
+    std::array<std::uint8_t, arch::slot_size> slot_code{};
+    if (auto built = arch::build_slot(*prepared, *slot, slot_code); !built) {
+        slots.release(*slot);
+        return std::unexpected(built.error());
+    }
+    if (auto written = batch.write(*slot, slot_code); !written) {
+        slots.release(*slot);
+        return std::unexpected(written.error());
+    }
+    auto* point = new ProbePoint();
+    point->address = address;
+    std::copy_n(code.begin(), std::min(code.size(), point->original.size()), point->original.begin());
+    point->insn = *prepared;
+    point->slot = *slot;
+    slots.set_owner(*slot, point);
+    return point;
+}
+
+void Engine::publish_handlers_locked(ProbePoint& point, std::vector<ProbeRecord*> probes, Batch&) {
+    auto list = std::make_unique<HandlerList>();
+    list->probes = std::move(probes);
+    list->has_post_handler = std::any_of(list->probes.begin(), list->probes.end(),
+                                         [](const ProbeRecord* probe) { return probe->post_handler != nullptr; });
+    const HandlerList* previous = point.handlers.exchange(list.release(), std::memory_order_seq_cst);
+    if (previous) retired_lists_.emplace_back(previous);
+}
+
+Result<void> Engine::update_arming_locked(ProbePoint& point, Batch& batch) {
+    const HandlerList* list = point.handlers.load(std::memory_order_relaxed);
+    bool wanted = list && std::any_of(list->probes.begin(), list->probes.end(), [](const ProbeRecord* probe) {
+                      return probe->enabled.load(std::memory_order_relaxed);
+                  });
+    if (wanted == point.armed) return {};
+    if (wanted) {
+        if (auto written = batch.write(point.address, arch::breakpoint_bytes); !written) return written;
+    } else {
+        if (auto written = batch.write(point.address, std::span(point.original.data(), arch::breakpoint_bytes.size()));
+            !written)
+            return written;
+        recently_disarmed.add(point.address);
+    }
+    point.armed = wanted;
+    return {};
+}
+
+Result<void> Engine::register_one_locked(ProbeRecord& record, const ProbeTarget& target, Batch& batch) {
+    if (record.point != nullptr)
+        return make_error(Errc::AlreadyRegistered, fmt::format("probe at {} ({}) is registered already",
+                                                               hex(record.address), record.where));
+    auto address = resolve_locked(target);
+    if (!address) return std::unexpected(address.error());
+    if (auto checked = check_probe_address_locked(*address); !checked) return checked;
+
+    ProbePoint* point = table.find(*address);
+    bool created = point == nullptr;
+    if (created) {
+        auto made = create_point_locked(*address, batch);
+        if (!made) return std::unexpected(made.error());
+        point = *made;
+    }
+    std::vector<ProbeRecord*> probes;
+    if (const HandlerList* list = point->handlers.load(std::memory_order_relaxed)) probes = list->probes;
+    probes.push_back(&record);
+    publish_handlers_locked(*point, std::move(probes), batch);
+    if (created)
+        if (auto replaced = table.insert(*address, point)) retired_arrays_.push_back(std::move(replaced));
+
+    record.point = point;
+    record.address = *address;
+    if (auto function = symbols_locked().function_containing(*address))
+        record.where = fmt::format("{}+{:#x} [{}]", function->name, *address - function->address, function->module);
+    else
+        record.where = hex(*address);
+    return update_arming_locked(*point, batch);
+}
+
+void Engine::unregister_one_locked(ProbeRecord& record, Batch& batch) {
+    ProbePoint* point = record.point;
+    if (point == nullptr) return;
+    std::vector<ProbeRecord*> probes = point->handlers.load(std::memory_order_relaxed)->probes;
+    std::erase(probes, &record);
+    bool last = probes.empty();
+    publish_handlers_locked(*point, std::move(probes), batch);
+    // A failed write leaves the breakpoint in place; the point then stays in
+    // the table with no records, which is harmless (hits run no handler).
+    if (update_arming_locked(*point, batch) && last) batch.points_to_remove.push_back(point);
+    record.point = nullptr;
+}
+
+Result<void> Engine::finish_batch_locked(Batch& batch) {
+    Result<void> synced{};
+    if (batch.code_changed) synced = os::sync_all_cores();
+    for (ProbePoint* point : batch.points_to_remove) {
+        table.remove(point->address);
+        retired_points_.push_back(point);
+    }
+    batch.points_to_remove.clear();
+    if (!retired_lists_.empty() || !retired_arrays_.empty() || !retired_points_.empty()) reclaim_locked();
+    return synced;
+}
+
+std::size_t Engine::reclaim_locked() {
+    // A handler that unregisters probes is itself inside the dispatcher and
+    // may still be walking a list or a point we would free: leave it all for
+    // an operation made from outside a handler.
+    if (called_from_handler()) return retired_points_.size();
+    wait_for_dispatchers();
+    retired_lists_.clear();
+    retired_arrays_.clear();
+    if (retired_points_.empty()) return 0;
+
+    release_exited_thread_records();
+    auto pcs = sample_thread_pcs();
+    if (!pcs) return retired_points_.size();
+    std::erase_if(retired_points_, [&](ProbePoint* point) {
+        bool occupied = std::any_of(pcs->begin(), pcs->end(), [&](std::uint64_t pc) {
+            return pc >= point->slot && pc < point->slot + arch::slot_size;
+        });
+        if (occupied) return false;
+        slots.release(point->slot);
+        delete point->handlers.load(std::memory_order_relaxed);
+        delete point;
+        return true;
+    });
+    return retired_points_.size();
+}
+
+std::size_t Engine::reclaim() {
+    std::lock_guard lock(lock_);
+    return reclaim_locked();
+}
+
+Result<void> Engine::register_probes(std::span<ProbeRecord* const> records, std::span<const ProbeTarget> targets) {
+    std::lock_guard lock(lock_);
+    if (auto ready = initialize_locked(); !ready) return ready;
+    Batch batch;
+    for (std::size_t i = 0; i < records.size(); ++i) {
+        auto registered = register_one_locked(*records[i], targets[i], batch);
+        if (registered) continue;
+        // Roll back: the batch registers all or nothing.
+        for (std::size_t j = i; j-- > 0;) unregister_one_locked(*records[j], batch);
+        (void)finish_batch_locked(batch);
+        return registered;
+    }
+    return finish_batch_locked(batch);
+}
+
+void Engine::unregister_probes(std::span<ProbeRecord* const> records) {
+    std::lock_guard lock(lock_);
+    Batch batch;
+    for (ProbeRecord* record : records) unregister_one_locked(*record, batch);
+    (void)finish_batch_locked(batch);
+}
+
+Result<void> Engine::set_enabled(ProbeRecord& record, bool enabled) {
+    std::lock_guard lock(lock_);
+    record.enabled.store(enabled, std::memory_order_relaxed);
+    if (record.point == nullptr) return {};
+    Batch batch;
+    if (auto updated = update_arming_locked(*record.point, batch); !updated) return updated;
+    return finish_batch_locked(batch);
+}
+
+std::vector<ProbeListing> Engine::list() {
+    std::lock_guard lock(lock_);
+    std::vector<ProbeListing> listing;
+    table.for_each([&](ProbePoint* point) {
+        const HandlerList* list = point->handlers.load(std::memory_order_relaxed);
+        if (!list) return;
+        for (ProbeRecord* record : list->probes) {
+            std::string kind = arch::is_emulated(point->insn) ? "emulated"
+                               : list->has_post_handler       ? "boosted+post-trap"
+                                                              : "boosted";
+            listing.push_back({point->address, record->where, kind, arch::describe_insn(point->insn),
+                               record->enabled.load(), point->armed, record->nhit.load(), record->nmissed.load(),
+                               record->nfault.load(), record->front_end});
+        }
+    });
+    std::sort(listing.begin(), listing.end(), [](const auto& a, const auto& b) { return a.address < b.address; });
+    return listing;
+}
+
+}  // namespace ukp::core

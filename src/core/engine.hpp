@@ -1,0 +1,137 @@
+// The process-wide probe manager: the registry that front ends (the C++ API,
+// the kernel-compatible C API) call, and the state the trap path reads.
+//
+// Locking: one mutex serializes registration, unregistration, enable and
+// disable (the kernel's kprobe_mutex).  The trap path takes no lock: it reads
+// the probe table, handler lists and slot owners, all published with atomic
+// stores and freed only after a grace period (grace_period.cpp).
+#pragma once
+
+#include <signal.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/probe.hpp"
+#include "core/probe_table.hpp"
+#include "core/xol_slots.hpp"
+#include "elf/symbols.hpp"
+#include "ukprobes/error.hpp"
+
+namespace ukp::core {
+
+// Where a record asks to be placed: an address, or "[module:]symbol", plus
+// an offset added to either (the kernel's addr/symbol_name/offset).
+struct ProbeTarget {
+    std::uint64_t address = 0;
+    std::string symbol;
+    std::uint64_t offset = 0;
+};
+
+enum class HandlerFaultPolicy : int { Recover, Abort };
+
+struct ProbeListing {
+    std::uint64_t address;
+    std::string where;
+    std::string kind;         // "emulated", "boosted", "boosted+post-trap"
+    std::string instruction;  // disassembly of the probed instruction
+    bool enabled;
+    bool armed;
+    std::uint64_t nhit, nmissed, nfault;
+    const void* front_end;
+};
+
+// A ring of addresses disarmed recently: a thread that trapped on one of
+// them before it was disarmed, and reaches the dispatcher after the probe
+// is gone, restarts the instruction (seed 001's race).
+class RecentlyDisarmed {
+public:
+    void add(std::uint64_t address) noexcept;
+    [[nodiscard]] bool contains(std::uint64_t address) const noexcept;
+
+private:
+    static constexpr std::size_t capacity = 4096;
+    std::atomic<std::uint64_t> addresses_[capacity] = {};
+    std::atomic<std::size_t> next_{0};
+};
+
+class Engine {
+public:
+    // The one process-wide probe manager.
+    static Engine& instance();
+
+    // --- front-end operations (take the registry lock) ---
+    [[nodiscard]] Result<void> register_probes(std::span<ProbeRecord* const> records,
+                                               std::span<const ProbeTarget> targets);
+    void unregister_probes(std::span<ProbeRecord* const> records);
+    [[nodiscard]] Result<void> set_enabled(ProbeRecord& record, bool enabled);
+    [[nodiscard]] Result<std::uint64_t> resolve(const ProbeTarget& target);
+    [[nodiscard]] std::vector<ProbeListing> list();
+    void add_blacklist_range(std::uint64_t start, std::uint64_t end);
+    [[nodiscard]] bool is_blacklisted(std::uint64_t address, std::size_t length);
+    // Frees what earlier unregistrations left for later; returns how many
+    // slots are still waiting for threads to leave them.
+    std::size_t reclaim();
+
+    std::atomic<HandlerFaultPolicy> handler_fault_policy{HandlerFaultPolicy::Recover};
+
+    // --- read by the trap path, lock-free ---
+    ProbeTable table;
+    SlotAllocator slots;
+    RecentlyDisarmed recently_disarmed;
+
+    std::mutex& registry_lock() { return lock_; }
+
+private:
+    Engine() = default;
+    struct Batch;
+
+    [[nodiscard]] Result<void> initialize_locked();
+    [[nodiscard]] Result<std::uint64_t> resolve_locked(const ProbeTarget& target);
+    [[nodiscard]] Result<void> register_one_locked(ProbeRecord& record, const ProbeTarget& target, Batch& batch);
+    void unregister_one_locked(ProbeRecord& record, Batch& batch);
+    [[nodiscard]] Result<void> finish_batch_locked(Batch& batch);
+    [[nodiscard]] Result<ProbePoint*> create_point_locked(std::uint64_t address, Batch& batch);
+    [[nodiscard]] Result<void> check_probe_address_locked(std::uint64_t address);
+    [[nodiscard]] std::vector<std::uint8_t> read_original_code(std::uint64_t address, std::size_t length) const;
+    [[nodiscard]] const elf::SymbolIndex& symbols_locked();
+    void publish_handlers_locked(ProbePoint& point, std::vector<ProbeRecord*> probes, Batch& batch);
+    [[nodiscard]] Result<void> update_arming_locked(ProbePoint& point, Batch& batch);
+    std::size_t reclaim_locked();
+
+    std::mutex lock_;
+    bool initialized_ = false;
+    std::optional<elf::SymbolIndex> symbols_;
+    unsigned long long symbols_generation_ = 0;
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> blacklist_;
+
+    // Freed once no thread is inside the dispatcher (and, for points, once no
+    // thread's program counter is inside their slot).
+    std::vector<std::unique_ptr<const HandlerList>> retired_lists_;
+    std::vector<std::unique_ptr<ProbeTable::Array>> retired_arrays_;
+    std::vector<ProbePoint*> retired_points_;
+};
+
+// The grace periods (grace_period.cpp).
+// Returns once every thread that was inside the trap dispatcher when it was
+// called has left it (the calling thread excepted).
+void wait_for_dispatchers() noexcept;
+// Whether the calling thread is inside the dispatcher (a handler calls us).
+[[nodiscard]] bool called_from_handler() noexcept;
+// The program counters of every thread that could be inside a slot, or
+// nullopt when one of them cannot be known now.
+[[nodiscard]] std::optional<std::vector<std::uint64_t>> sample_thread_pcs();
+
+// Answers a grace period's request for this thread's program counter.
+void on_sampling_signal(int signal, siginfo_t* info, void* context);
+
+// The trap path (dispatch.cpp).
+[[nodiscard]] Result<void> install_trap_handlers();
+
+}  // namespace ukp::core

@@ -1,0 +1,98 @@
+#include "core/thread_state.hpp"
+
+#include <sys/mman.h>
+
+#include <new>
+
+#include "os/linux/raw_syscall.hpp"
+#include "os/linux/threads.hpp"
+
+namespace ukp::core {
+
+namespace detail {
+std::atomic<ThreadChunk*> first_chunk{nullptr};
+}
+
+namespace {
+
+thread_local ThreadRecord* this_thread = nullptr;
+
+detail::ThreadChunk* map_chunk() noexcept {
+    long address = os::raw_syscall(SYS_mmap, 0, sizeof(detail::ThreadChunk), PROT_READ | PROT_WRITE,
+                                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (address < 0 && address > -4096) return nullptr;
+    return new (reinterpret_cast<void*>(address)) detail::ThreadChunk();
+}
+
+void unmap_chunk(detail::ThreadChunk* chunk) noexcept {
+    os::raw_syscall(SYS_munmap, reinterpret_cast<long>(chunk), sizeof(detail::ThreadChunk));
+}
+
+// A new thread may have inherited the tid of one that exited while its record
+// was still held: that record is stale and must not make a grace period wait.
+void release_stale_records_of(int tid, ThreadRecord* keep) noexcept {
+    for_each_thread_record([&](ThreadRecord& record) {
+        if (&record != keep && record.tid.load() == tid) {
+            if (record.dispatch_sequence.load() & 1) record.dispatch_sequence.fetch_add(1);
+            record.dispatch_depth = 0;
+            record.tid.store(0);
+        }
+    });
+}
+
+ThreadRecord* claim_record(int tid) noexcept {
+    std::atomic<detail::ThreadChunk*>* link = &detail::first_chunk;
+    for (;;) {
+        auto* chunk = link->load(std::memory_order_acquire);
+        if (chunk == nullptr) {
+            auto* fresh = map_chunk();
+            if (fresh == nullptr) return nullptr;
+            if (!link->compare_exchange_strong(chunk, fresh)) {
+                unmap_chunk(fresh);  // another thread linked one first: use it
+            } else {
+                chunk = fresh;
+            }
+        }
+        for (auto& record : chunk->records) {
+            int expected = 0;
+            if (record.tid.load(std::memory_order_relaxed) == 0 && record.tid.compare_exchange_strong(expected, tid))
+                return &record;
+        }
+        link = &chunk->next;
+    }
+}
+
+}  // namespace
+
+ThreadRecord* this_thread_record_if_any() noexcept { return this_thread; }
+
+ThreadRecord* this_thread_record() noexcept {
+    if (this_thread != nullptr) return this_thread;
+    int tid = os::raw_gettid();
+    auto* record = claim_record(tid);
+    if (record == nullptr) return nullptr;
+    release_stale_records_of(tid, record);
+    this_thread = record;
+    return record;
+}
+
+void release_exited_thread_records() noexcept {
+    for_each_thread_record([](ThreadRecord& record) {
+        int tid = record.tid.load();
+        if (tid != 0 && !os::thread_is_alive(tid)) {
+            // An odd sequence left by a thread that died inside the dispatcher
+            // (pthread_exit from a handler) must not hold grace periods.
+            if (record.dispatch_sequence.load() & 1) record.dispatch_sequence.fetch_add(1);
+            record.dispatch_depth = 0;
+            int expected = tid;
+            record.tid.compare_exchange_strong(expected, 0);
+        }
+    });
+}
+
+void adopt_records_after_fork() noexcept {
+    if (this_thread != nullptr) this_thread->tid.store(os::raw_gettid());
+    release_exited_thread_records();
+}
+
+}  // namespace ukp::core
