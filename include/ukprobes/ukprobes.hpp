@@ -66,12 +66,14 @@ struct Kprobe {
     // Where: an address, or a symbol ("name" or "module:name", the module by
     // its file name like "libc.so.6"), plus an offset added to either.
     void* addr = nullptr;
-    std::string symbol_name;
+    // Every member has a default initializer so that designated
+    // initializers naming only some of them compile warning-free.
+    std::string symbol_name{};
     std::uint64_t offset = 0;
 
-    PreHandler pre_handler;
-    PostHandler post_handler;
-    FaultHandler fault_handler;
+    PreHandler pre_handler{};
+    PostHandler post_handler{};
+    FaultHandler fault_handler{};
     unsigned flags = 0;
     void* data = nullptr;  // for the user; ukprobes never touches it
 
@@ -86,7 +88,7 @@ struct Kprobe {
     // kernel does).
     [[nodiscard]] void* address() const noexcept;
 
-    detail::Registration registration;  // the engine's; do not touch
+    detail::Registration registration{};  // the engine's; do not touch
 };
 
 [[nodiscard]] Result<void> register_kprobe(Kprobe& probe);

@@ -8,10 +8,14 @@
 //   family -> short branch over jmp rel32);
 // - RIP-relative operands address the same absolute memory;
 // - everything else is byte-for-byte the same instruction.
-// A failure prints one line: the bytes, both addresses, and what differed.
+// Every accepted instruction the analysis emulates is also emulated once, on
+// memory that always answers, to check that emulation never hits a missing
+// case and never changes the flags or, for non-branches, jumps.
+// A failure prints one line: the bytes, the addresses, and what differed.
 #include <gtest/gtest.h>
 
 #include <array>
+#include <cstring>
 #include <optional>
 #include <random>
 
@@ -213,6 +217,66 @@ TEST(RelocatorFuzz, AcceptedRandomInstructionsRelocateFaithfully) {
     // Sanity of the fuzzer itself: most random buffers start with a valid,
     // probeable instruction.
     EXPECT_GT(relocated, buffer_count / 4);
+}
+
+// Memory where every read yields the same pointer and every write succeeds.
+bool read_constant(std::uint64_t, void* out, std::size_t size, void*) {
+    constexpr std::uint8_t pointer_byte = 0x42;
+    std::memset(out, pointer_byte, size);
+    return true;
+}
+bool write_anything(std::uint64_t, const void*, std::size_t, void*) { return true; }
+
+bool is_branch_kind(EmulationKind kind) {
+    return kind == EmulationKind::JmpRel || kind == EmulationKind::JccRel ||
+           kind == EmulationKind::CallRel || kind == EmulationKind::Ret ||
+           kind == EmulationKind::JmpIndirect || kind == EmulationKind::CallIndirect ||
+           kind == EmulationKind::Loop;
+}
+
+Failure emulate_and_check(const ProbeInsn& probe) {
+    const MemoryAccess memory{&read_constant, &write_anything, nullptr};
+    pt_regs regs{};
+    regs.ip = probe.insn.address;
+    regs.sp = 0x7ffd'0000'1000;
+    regs.flags = 0x8D7;  // CF PF AF ZF SF OF set, and the reserved bit 1
+    const auto before = regs;
+    if (emulate(probe, regs, memory) != EmulationStatus::Done) {
+        return "emulation reported a fault on memory that never faults";
+    }
+    if (regs.flags != before.flags) {
+        return "flags changed";
+    }
+    if (!is_branch_kind(probe.emulation) && regs.ip != probe.insn.next_address()) {
+        return fmt::format("ip is {:#x}, not the next instruction", regs.ip);
+    }
+    return std::nullopt;
+}
+
+TEST(EmulatorFuzz, AcceptedRandomInstructionsEmulateWithoutSurprises) {
+    std::mt19937_64 random(fuzz_seed);
+    int emulated = 0;
+    int failures = 0;
+    for (int round = 0; round < buffer_count && failures < max_reported_failures; ++round) {
+        std::array<std::uint8_t, max_instruction_length> bytes{};
+        for (auto& byte : bytes) {
+            byte = static_cast<std::uint8_t>(random());
+        }
+        const auto address = code_region + (random() & 0xFFFF'FFFF);
+        auto insn = decode_one(bytes, address);
+        auto probe = insn ? analyze_probe_insn(*insn) : std::unexpected(insn.error());
+        if (!probe || probe->strategy != Strategy::Emulate) {
+            continue;
+        }
+        ++emulated;
+        if (auto failure = emulate_and_check(*probe)) {
+            ++failures;
+            ADD_FAILURE() << "reproduce: bytes " << hex(insn->code())
+                          << fmt::format(" at {:#x}", address) << " ('" << disassemble(*insn)
+                          << "'): " << *failure;
+        }
+    }
+    EXPECT_GT(emulated, 1000);
 }
 
 }  // namespace

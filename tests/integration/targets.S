@@ -1,0 +1,227 @@
+# Functions whose instructions the integration tests must know exactly, so
+# that each test probes the instruction form it names.  Every function is a
+# real ELF function symbol (.type/.size), so symbol+offset and the
+# instruction-boundary check work on them as on compiled code.
+        .intel_syntax noprefix
+        .text
+
+.macro FUNCTION name
+        .globl \name
+        .type \name, @function
+        .p2align 4
+\name:
+.endm
+.macro END name
+        .size \name, .-\name
+.endm
+
+# int boost_target(int x) { return 2x + 1; }
+FUNCTION boost_target
+        lea eax, [rdi + rdi*1 + 1]      # 8d 44 3f 01: boosted
+        ret
+END boost_target
+
+# int push_target(int x) { return x + 5; } with push/pop of a callee-saved register
+FUNCTION push_target
+        push rbx                        # 53: emulated push
+        mov ebx, edi
+        lea eax, [rbx + 5]
+        pop rbx                         # 5b: emulated pop
+        ret                             # c3: emulated ret
+END push_target
+        .globl push_target_pop
+        .set push_target_pop, push_target + 6
+        .globl push_target_ret
+        .set push_target_ret, push_target + 7
+
+# int jcc_target(int x) { return x == 0 ? 2 : 1; }
+FUNCTION jcc_target
+        test edi, edi                   # 85 ff
+jcc_target_branch:
+        .globl jcc_target_branch
+        jz 1f                           # 74 06: jcc rel8, emulated
+        mov eax, 1
+        ret
+1:      mov eax, 2
+        ret
+END jcc_target
+
+# int jmp_target(int x) { return x; } through a jmp over a ud2
+FUNCTION jmp_target
+        jmp 1f                          # eb 02: jmp rel8, emulated
+        ud2
+1:      mov eax, edi
+        ret
+END jmp_target
+
+FUNCTION add_one
+        lea eax, [rdi + 1]
+        ret
+END add_one
+
+# int call_target(int x) { return add_one(x) * 2; }
+FUNCTION call_target
+        sub rsp, 8
+call_target_call:
+        .globl call_target_call
+        call add_one                    # e8 rel32: emulated call
+        add eax, eax
+        add rsp, 8
+        ret
+END call_target
+
+# int indirect_call_target(int x): call through a register and through memory
+FUNCTION indirect_call_target
+        sub rsp, 8
+        lea rax, [rip + add_one]
+indirect_call_register:
+        .globl indirect_call_register
+        call rax                        # ff d0: emulated indirect call
+        mov edi, eax
+indirect_call_memory:
+        .globl indirect_call_memory
+        call qword ptr [rip + add_one_pointer]   # ff 15 rel32: emulated, rip-relative
+        add rsp, 8
+        ret
+END indirect_call_target
+
+# long riprel_target(void) { return riprel_value; }
+FUNCTION riprel_target
+        mov rax, qword ptr [rip + riprel_value]  # 48 8b 05 rel32: boosted, displacement rebased
+        ret
+END riprel_target
+
+# int nop_target(int x) { return x; } starting with endbr64 and a long nop
+FUNCTION nop_target
+        endbr64                         # f3 0f 1e fa: emulated nop
+        nop dword ptr [rax + rax*1 + 0] # 0f 1f 44 00 00
+        mov eax, edi
+        ret
+END nop_target
+
+# long blocking_read(int fd, void *buffer, unsigned long size): read(2) whose
+# syscall instruction is probed, so the thread blocks inside the slot.
+FUNCTION blocking_read
+        mov eax, 0                      # __NR_read
+blocking_read_syscall:
+        .globl blocking_read_syscall
+        syscall                         # 0f 05: boosted
+        ret
+END blocking_read
+
+# int load_target(const int *p) { return *p; }
+FUNCTION load_target
+        mov eax, dword ptr [rdi]        # 8b 07: boosted; faults in the slot on a bad pointer
+        ret
+END load_target
+
+# The program's own breakpoint: int3; returns 7.
+FUNCTION own_breakpoint
+        int3
+        mov eax, 7
+        ret
+END own_breakpoint
+
+# void clobber_run(const struct clobber_state *in, struct clobber_state *out)
+# Loads every general register and the flags from *in, runs three probe
+# sites that change nothing, and stores them all to *out.  Layout of
+# struct clobber_state: rax rbx rcx rdx rsi rdi rbp r8..r15 flags (8 bytes each),
+# then the rsp seen at the sites.
+FUNCTION clobber_run
+        push rbp
+        push rbx
+        push r12
+        push r13
+        push r14
+        push r15
+        push rsi                        # out
+        push qword ptr [rdi + 15*8]     # flags
+        popfq
+        mov rax, [rdi + 0*8]
+        mov rbx, [rdi + 1*8]
+        mov rcx, [rdi + 2*8]
+        mov rdx, [rdi + 3*8]
+        mov rsi, [rdi + 4*8]
+        mov rbp, [rdi + 6*8]
+        mov r8,  [rdi + 7*8]
+        mov r9,  [rdi + 8*8]
+        mov r10, [rdi + 9*8]
+        mov r11, [rdi + 10*8]
+        mov r12, [rdi + 11*8]
+        mov r13, [rdi + 12*8]
+        mov r14, [rdi + 13*8]
+        mov r15, [rdi + 14*8]
+        mov rdi, [rdi + 5*8]
+        .globl clobber_site_boost
+clobber_site_boost:
+        lea r11, [r11 + 0]              # 4d 8d 5b 00: boosted
+        .globl clobber_site_emulate
+clobber_site_emulate:
+        push r12                        # 41 54: emulated
+        pop r12                         # 41 5c
+        .globl clobber_site_post
+clobber_site_post:
+        xchg r13, r13                   # 4d 87 ed: boosted, used with a post-handler
+        .globl clobber_site_end
+clobber_site_end:
+        push rdi
+        mov rdi, [rsp + 8]              # out
+        mov [rdi + 0*8], rax
+        mov [rdi + 1*8], rbx
+        mov [rdi + 2*8], rcx
+        mov [rdi + 3*8], rdx
+        mov [rdi + 4*8], rsi
+        pop rax
+        mov [rdi + 5*8], rax
+        mov [rdi + 6*8], rbp
+        mov [rdi + 7*8], r8
+        mov [rdi + 8*8], r9
+        mov [rdi + 9*8], r10
+        mov [rdi + 10*8], r11
+        mov [rdi + 11*8], r12
+        mov [rdi + 12*8], r13
+        mov [rdi + 13*8], r14
+        mov [rdi + 14*8], r15
+        pushfq
+        pop rax
+        mov [rdi + 15*8], rax
+        mov rax, rsp                    # rsp as it was at the sites
+        mov [rdi + 16*8], rax
+        pop rsi
+        pop r15
+        pop r14
+        pop r13
+        pop r12
+        pop rbx
+        pop rbp
+        ret
+END clobber_run
+
+# void single_step_run(void): sets TF, runs a few instructions, clears TF.
+# The program's own SIGTRAP handler sees one TRAP_TRACE per instruction.
+FUNCTION single_step_run
+        pushfq
+        or qword ptr [rsp], 0x100
+        popfq
+        .globl single_step_first
+single_step_first:
+        lea rax, [rax + 1]              # boosted
+        push rbx                        # emulated
+        pop rbx
+        nop                             # emulated
+        lea rcx, [rcx + 2]              # boosted (used with a post-handler)
+        pushfq
+        and qword ptr [rsp], -0x101
+        popfq
+        ret
+END single_step_run
+
+        .data
+        .p2align 3
+        .globl riprel_value
+riprel_value:
+        .quad 0x1122334455667788
+add_one_pointer:
+        .quad add_one
+
+        .section .note.GNU-stack,"",@progbits

@@ -1,0 +1,38 @@
+// The assembly functions of targets.S.
+#pragma once
+
+#include <cstdint>
+
+extern "C" {
+int boost_target(int x);
+int push_target(int x);
+extern char push_target_pop[], push_target_ret[];
+int jcc_target(int x);
+extern char jcc_target_branch[];
+int jmp_target(int x);
+int add_one(int x);
+int call_target(int x);
+extern char call_target_call[];
+int indirect_call_target(int x);
+extern char indirect_call_register[], indirect_call_memory[];
+long riprel_target(void);
+extern long riprel_value;
+int nop_target(int x);
+long blocking_read(int fd, void* buffer, unsigned long size);
+extern char blocking_read_syscall[];
+int load_target(const int* p);
+int own_breakpoint(void);
+
+struct clobber_state {
+    std::uint64_t rax, rbx, rcx, rdx, rsi, rdi, rbp, r8, r9, r10, r11, r12, r13, r14, r15, flags, rsp;
+};
+void clobber_run(const clobber_state* in, clobber_state* out);
+extern char clobber_site_boost[], clobber_site_emulate[], clobber_site_post[], clobber_site_end[];
+
+void single_step_run(void);
+extern char single_step_first[];
+}
+
+inline void* code_address(const void* p) { return const_cast<void*>(p); }
+template <class F>
+inline void* function_address(F* f) { return reinterpret_cast<void*>(f); }

@@ -1,0 +1,197 @@
+// Signals shared with the program: its own breakpoints, its own handlers
+// installed before or after ours, faults in slots and in handlers, and a
+// program that single-steps itself with TF.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <vector>
+
+#include "targets.hpp"
+#include "ukprobes/ukprobes.hpp"
+
+namespace {
+
+std::atomic<int> program_traps{0};
+void program_trap_handler(int, siginfo_t*, void*) { ++program_traps; }
+
+ukp::Kprobe counting_probe(void* address, std::atomic<int>& hits) {
+    return ukp::Kprobe{.addr = address, .pre_handler = [&hits](ukp::Kprobe&, ukp::Regs&) {
+                           ++hits;
+                           return 0;
+                       }};
+}
+
+// The program's handler for the length of one test.
+class ScopedHandler {
+public:
+    ScopedHandler(int signal, void (*handler)(int, siginfo_t*, void*)) : signal_(signal) {
+        struct sigaction action {};
+        action.sa_sigaction = handler;
+        action.sa_flags = SA_SIGINFO;
+        sigemptyset(&action.sa_mask);
+        EXPECT_EQ(sigaction(signal, &action, &previous_), 0);
+        program_traps = 0;
+    }
+    ~ScopedHandler() { sigaction(signal_, &previous_, nullptr); }
+
+private:
+    int signal_;
+    struct sigaction previous_ {};
+};
+
+TEST(Signals, ProgramsOwnBreakpointReachesItsHandlerInstalledBefore) {
+    ScopedHandler program_handler(SIGTRAP, program_trap_handler);
+    std::atomic<int> hits{0};
+    auto probe = counting_probe(function_address(boost_target), hits);
+    ASSERT_TRUE(ukp::register_kprobe(probe));
+    EXPECT_EQ(own_breakpoint(), 7);
+    EXPECT_EQ(program_traps.load(), 1);
+    EXPECT_EQ(boost_target(1), 3);
+    EXPECT_EQ(hits.load(), 1);
+}
+
+TEST(Signals, HandlerInstalledAfterRegistrationDoesNotBreakProbes) {
+    std::atomic<int> hits{0};
+    auto probe = counting_probe(function_address(boost_target), hits);
+    ASSERT_TRUE(ukp::register_kprobe(probe));
+    ScopedHandler program_handler(SIGTRAP, program_trap_handler);  // interposed: recorded, ours stays
+    EXPECT_EQ(boost_target(1), 3);
+    EXPECT_EQ(hits.load(), 1);
+    EXPECT_EQ(own_breakpoint(), 7);
+    EXPECT_EQ(program_traps.load(), 1);
+    // The program reads back what it set, not ukprobes' handler.
+    struct sigaction current {};
+    ASSERT_EQ(sigaction(SIGTRAP, nullptr, &current), 0);
+    EXPECT_EQ(current.sa_sigaction, program_trap_handler);
+    // signal() goes through the same path.
+    EXPECT_NE(signal(SIGTRAP, SIG_DFL), SIG_ERR);
+    EXPECT_EQ(boost_target(2), 5);
+    EXPECT_EQ(hits.load(), 2);
+}
+
+TEST(Signals, ProgramsOwnBreakpointWithoutHandlerKillsWithSigtrap) {
+    std::atomic<int> hits{0};
+    auto probe = counting_probe(function_address(boost_target), hits);
+    ASSERT_TRUE(ukp::register_kprobe(probe));
+    EXPECT_EXIT(own_breakpoint(), ::testing::KilledBySignal(SIGTRAP), "");
+}
+
+std::atomic<std::uint64_t> fault_pc{0};
+std::atomic<std::uint64_t> fault_address{0};
+void skip_faulting_load(int, siginfo_t* info, void* context) {
+    auto* uc = static_cast<ucontext_t*>(context);
+    fault_pc = static_cast<std::uint64_t>(uc->uc_mcontext.gregs[REG_RIP]);
+    fault_address = reinterpret_cast<std::uint64_t>(info->si_addr);
+    uc->uc_mcontext.gregs[REG_RAX] = -1;
+    uc->uc_mcontext.gregs[REG_RIP] += 2;  // mov eax, [rdi] is 2 bytes
+}
+
+TEST(Signals, FaultInSlotIsSeenAtTheProbedAddress) {
+    ScopedHandler program_handler(SIGSEGV, skip_faulting_load);
+    std::atomic<int> hits{0};
+    auto probe = counting_probe(function_address(load_target), hits);
+    ASSERT_TRUE(ukp::register_kprobe(probe));
+    auto* bad = reinterpret_cast<const int*>(0x10);
+    EXPECT_EQ(load_target(bad), -1);
+    EXPECT_EQ(fault_pc.load(), reinterpret_cast<std::uint64_t>(function_address(load_target)));
+    EXPECT_EQ(fault_address.load(), 0x10u);
+    EXPECT_EQ(hits.load(), 1);
+    int good = 42;
+    EXPECT_EQ(load_target(&good), 42);
+}
+
+TEST(Signals, FaultInSlotWithoutHandlerKillsWithSigsegv) {
+    std::atomic<int> hits{0};
+    auto probe = counting_probe(function_address(load_target), hits);
+    ASSERT_TRUE(ukp::register_kprobe(probe));
+    EXPECT_EXIT(load_target(reinterpret_cast<const int*>(0x10)), ::testing::KilledBySignal(SIGSEGV), "");
+}
+
+TEST(Signals, FaultInHandlerIsAbandonedCountedAndReported) {
+    volatile int* null_pointer = nullptr;
+    ukp::Kprobe probe{.addr = function_address(boost_target), .pre_handler = [&](ukp::Kprobe&, ukp::Regs& regs) {
+                          regs.di = 1000;  // discarded with the rest of the abandoned call
+                          return *null_pointer;
+                      }};
+    ASSERT_TRUE(ukp::register_kprobe(probe));
+    ::testing::internal::CaptureStderr();
+    EXPECT_EQ(boost_target(1), 3);
+    EXPECT_EQ(boost_target(2), 5);
+    std::string reported = ::testing::internal::GetCapturedStderr();
+    EXPECT_EQ(probe.nfault(), 2u);
+    EXPECT_EQ(probe.nhit(), 2u);
+    EXPECT_NE(reported.find("faulted (signal 11"), std::string::npos) << reported;
+    EXPECT_EQ(reported.find("faulted", reported.find("faulted") + 1), std::string::npos) << "reported once";
+}
+
+TEST(Signals, FaultHandlerIsOfferedTheFaultFirst) {
+    volatile int* null_pointer = nullptr;
+    int trap_number = -1;
+    ukp::Kprobe probe{.addr = function_address(boost_target),
+                      .pre_handler = [&](ukp::Kprobe&, ukp::Regs&) { return *null_pointer; },
+                      .fault_handler = [&](ukp::Kprobe&, ukp::Regs&, int trapnr) {
+                          trap_number = trapnr;
+                          return 0;  // not fixed: the handler call is abandoned
+                      }};
+    ASSERT_TRUE(ukp::register_kprobe(probe));
+    ::testing::internal::CaptureStderr();
+    EXPECT_EQ(boost_target(1), 3);
+    ::testing::internal::GetCapturedStderr();
+    EXPECT_EQ(trap_number, 14);  // #PF
+    EXPECT_EQ(probe.nfault(), 1u);
+}
+
+TEST(Signals, AbortPolicyEndsTheProcessWithAMessage) {
+    volatile int* null_pointer = nullptr;
+    ukp::Kprobe probe{.addr = function_address(boost_target),
+                      .pre_handler = [&](ukp::Kprobe&, ukp::Regs&) { return *null_pointer; }};
+    ASSERT_TRUE(ukp::register_kprobe(probe));
+    ukp::set_handler_fault_policy(ukp::HandlerFaultPolicy::Abort);
+    EXPECT_EXIT(boost_target(1), ::testing::KilledBySignal(SIGABRT), "handler of probe at 0x[0-9a-f]+ faulted");
+    ukp::set_handler_fault_policy(ukp::HandlerFaultPolicy::Recover);
+}
+
+// TF: the program single-steps itself; its handler records each step.
+std::vector<std::uint64_t>* steps = nullptr;
+void record_step(int, siginfo_t* info, void* context) {
+    if (info->si_code != TRAP_TRACE) return;
+    steps->push_back(static_cast<std::uint64_t>(static_cast<ucontext_t*>(context)->uc_mcontext.gregs[REG_RIP]));
+}
+
+std::vector<std::uint64_t> record_single_steps() {
+    std::vector<std::uint64_t> recorded;
+    recorded.reserve(64);
+    steps = &recorded;
+    single_step_run();
+    steps = nullptr;
+    return recorded;
+}
+
+TEST(Signals, ProgramSingleSteppingThroughProbesSeesTheSameSteps) {
+    ScopedHandler program_handler(SIGTRAP, record_step);
+    auto reference = record_single_steps();
+    ASSERT_GE(reference.size(), 5u);
+
+    auto first = reinterpret_cast<std::uint64_t>(single_step_first);
+    std::atomic<int> hits{0};
+    auto boosted = counting_probe(reinterpret_cast<void*>(first), hits);       // lea rax, [rax+1]
+    auto emulated = counting_probe(reinterpret_cast<void*>(first + 4), hits);  // push rbx
+    auto nop = counting_probe(reinterpret_cast<void*>(first + 6), hits);       // nop
+    ukp::Kprobe with_post{.addr = reinterpret_cast<void*>(first + 7),          // lea rcx, [rcx+2]
+                          .pre_handler = [&](ukp::Kprobe&, ukp::Regs&) {
+                              ++hits;
+                              return 0;
+                          },
+                          .post_handler = [](ukp::Kprobe&, ukp::Regs&, unsigned long) {}};
+    ukp::Kprobe* probes[] = {&boosted, &emulated, &nop, &with_post};
+    ASSERT_TRUE(ukp::register_kprobes(probes));
+    auto probed = record_single_steps();
+    EXPECT_EQ(hits.load(), 4);
+    EXPECT_EQ(probed, reference);
+}
+
+}  // namespace
