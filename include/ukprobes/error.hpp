@@ -9,6 +9,11 @@
 #include <string>
 #include <string_view>
 
+// The library is built with hidden visibility; this marks its interface.
+#ifndef UKP_PUBLIC
+#define UKP_PUBLIC __attribute__((visibility("default")))
+#endif
+
 namespace ukp {
 
 // X(name, errno, what it means)
@@ -36,9 +41,9 @@ enum class Errc : int {
 };
 
 // The errno the kernel's kprobes API returns for the same cause.
-[[nodiscard]] int to_errno(Errc code) noexcept;
-[[nodiscard]] std::string_view name_of(Errc code) noexcept;
-[[nodiscard]] std::string_view describe(Errc code) noexcept;
+[[nodiscard]] UKP_PUBLIC int to_errno(Errc code) noexcept;
+[[nodiscard]] UKP_PUBLIC std::string_view name_of(Errc code) noexcept;
+[[nodiscard]] UKP_PUBLIC std::string_view describe(Errc code) noexcept;
 
 struct Error {
     Errc code = Errc::InvalidArgument;
@@ -59,6 +64,6 @@ using Result = std::expected<T, Error>;
 }
 
 // A failed system call, with the call's name and what it worked on.
-[[nodiscard]] std::unexpected<Error> make_system_error(std::string what, int errnum);
+[[nodiscard]] UKP_PUBLIC std::unexpected<Error> make_system_error(std::string what, int errnum);
 
 }  // namespace ukp

@@ -24,7 +24,6 @@
 //      is inside the slot; until then they wait in retired_points_.
 #include "core/engine.hpp"
 
-#include <dlfcn.h>
 #include <link.h>
 #include <pthread.h>
 
@@ -99,10 +98,9 @@ Result<void> Engine::initialize_locked() {
     if (initialized_) return {};
     if (auto installed = install_trap_handlers(); !installed) return installed;
     // Blacklist our own code: a probe there would trap inside the trap path.
-    Dl_info self{};
-    if (dladdr(reinterpret_cast<void*>(&install_trap_handlers), &self) != 0) {
+    {
         const auto& index = symbols_locked();
-        if (const auto* module = index.module_containing(reinterpret_cast<std::uint64_t>(self.dli_saddr))) {
+        if (const auto* module = index.module_containing(reinterpret_cast<std::uint64_t>(&install_trap_handlers))) {
             bool linked_into_executable = module == &index.modules().front();
             if (!linked_into_executable) {
                 for (const auto& segment : module->executable_segments)
