@@ -24,6 +24,7 @@
 //      is inside the slot; until then they wait in retired_points_.
 #include "core/engine.hpp"
 
+#include <dlfcn.h>
 #include <link.h>
 #include <pthread.h>
 
@@ -92,6 +93,21 @@ unsigned long long loaded_modules_generation() {
     return generation;
 }
 
+Result<std::uint64_t> resolve_ifunc(const elf::Symbol& symbol) {
+    void* handle = dlopen(symbol.module_path.empty() ? nullptr : symbol.module_path.c_str(), RTLD_LAZY | RTLD_NOLOAD);
+    // The executable is not found by its path; its handle is dlopen(NULL).
+    if (handle == nullptr) handle = dlopen(nullptr, RTLD_LAZY);
+    if (handle == nullptr)
+        return make_error(Errc::UnknownModule, fmt::format("cannot reopen '{}' to resolve IFUNC '{}'",
+                                                           symbol.module, symbol.name));
+    void* implementation = dlsym(handle, symbol.name.c_str());
+    dlclose(handle);
+    if (implementation == nullptr)
+        return make_error(Errc::UnknownSymbol,
+                          fmt::format("IFUNC '{}' in '{}' did not resolve", symbol.name, symbol.module));
+    return reinterpret_cast<std::uint64_t>(implementation);
+}
+
 }  // namespace
 
 Result<void> Engine::initialize_locked() {
@@ -150,6 +166,18 @@ Result<std::uint64_t> Engine::resolve_locked(const ProbeTarget& target) {
     }
     auto symbol = symbols_locked().find_function(module, name);
     if (!symbol) return std::unexpected(symbol.error());
+    if (symbol->is_ifunc) {
+        // Probe what calls run, not the resolver: ask the dynamic linker
+        // which implementation it bound, as dlsym() does.
+        auto implementation = resolve_ifunc(*symbol);
+        if (!implementation) return std::unexpected(implementation.error());
+        if (target.offset != 0)
+            return make_error(Errc::InvalidArgument,
+                              fmt::format("'{}' is an IFUNC; its implementation's size is unknown, so only "
+                                          "offset 0 can be checked",
+                                          target.symbol));
+        return *implementation;
+    }
     if (symbol->size != 0 && target.offset >= symbol->size)
         return make_error(Errc::InvalidArgument,
                           fmt::format("offset {} is beyond the end of '{}' ({} bytes)", hex(target.offset),
@@ -348,6 +376,9 @@ std::size_t Engine::reclaim() {
 Result<void> Engine::register_probes(std::span<ProbeRecord* const> records, std::span<const ProbeTarget> targets) {
     std::lock_guard lock(lock_);
     if (auto ready = initialize_locked(); !ready) return ready;
+    // A raw rt_sigaction may have replaced our handlers: take them back
+    // (what the program installed becomes its recorded disposition).
+    os::check_signal_ownership();
     Batch batch;
     for (std::size_t i = 0; i < records.size(); ++i) {
         auto registered = register_one_locked(*records[i], targets[i], batch);

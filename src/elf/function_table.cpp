@@ -107,6 +107,7 @@ void append_functions(Elf* elf, Elf_Scn* symbol_section, Elf_Scn* versions_secti
             .size = symbol.st_size,
             .is_global = GELF_ST_BIND(symbol.st_info) != STB_LOCAL,
             .is_hidden_version = is_hidden_version,
+            .is_ifunc = type == STT_GNU_IFUNC,
         });
     }
 }

@@ -36,6 +36,7 @@ struct FunctionEntry {
     std::uint64_t size = 0;          // st_size, 0 when unknown
     bool is_global = false;          // STB_GLOBAL, STB_WEAK or STB_GNU_UNIQUE
     bool is_hidden_version = false;  // a non-default symbol version
+    bool is_ifunc = false;           // STT_GNU_IFUNC: the address is the resolver's
 };
 
 // Function entries sorted by address, deduplicated by (name, address), with

@@ -105,6 +105,8 @@ struct SymbolIndex::State {
             .address = found.entry->address,
             .size = found.entry->size,
             .is_global = found.entry->is_global,
+            .is_ifunc = found.entry->is_ifunc,
+            .module_path = modules[found.module_index].path,
         };
     }
 

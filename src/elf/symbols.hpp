@@ -35,6 +35,10 @@ struct Symbol {
     std::uint64_t address = 0; // runtime address
     std::uint64_t size = 0;    // 0 when the ELF does not say
     bool is_global = false;
+    // STT_GNU_IFUNC (memcpy, strlen, ... in libc): `address` is the resolver
+    // that picks an implementation at load time, not code that runs per call.
+    bool is_ifunc = false;
+    std::string module_path;
 };
 
 struct Segment {

@@ -166,3 +166,20 @@ TEST(Registration, UnregisterRestoresTheTextSegmentsExactly) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(Registration, IfuncSymbolProbesTheBoundImplementation) {
+    auto probe = probe_on("libc.so.6:memcpy");
+    auto registered = ukp::register_kprobe(probe);
+    ASSERT_TRUE(registered) << registered.error().message;
+    // The implementation the dynamic linker bound, not the IFUNC resolver.
+    EXPECT_EQ(probe.address(), dlsym(RTLD_DEFAULT, "memcpy"));
+    auto* volatile copy = &memcpy;  // a real call, not an inlined copy
+    char from[64] = "payload", to[64] = {};
+    copy(to, from, sizeof from);
+    EXPECT_STREQ(to, "payload");
+    EXPECT_GE(probe.nhit(), 1u);
+}
+
+}  // namespace

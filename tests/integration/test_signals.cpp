@@ -3,6 +3,7 @@
 // program that single-steps itself with TF.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -192,6 +193,39 @@ TEST(Signals, ProgramSingleSteppingThroughProbesSeesTheSameSteps) {
     auto probed = record_single_steps();
     EXPECT_EQ(hits.load(), 4);
     EXPECT_EQ(probed, reference);
+}
+
+}  // namespace
+
+namespace {
+
+TEST(Signals, HandlerReplacedByRawSyscallIsTakenBackAtNextRegistration) {
+    std::atomic<int> hits{0};
+    auto first = counting_probe(function_address(boost_target), hits);
+    ASSERT_TRUE(ukp::register_kprobe(first));
+    // Behind libc's back: the kernel disposition now points at the program.
+    struct kernel_sigaction {
+        void (*handler)(int, siginfo_t*, void*);
+        unsigned long flags;
+        void (*restorer)();
+        unsigned long mask;
+    } current{}, raw{};
+    ASSERT_EQ(syscall(SYS_rt_sigaction, SIGTRAP, nullptr, &current, 8), 0);
+    raw = current;  // keeps glibc's restorer and SA_RESTORER
+    raw.handler = program_trap_handler;
+    ASSERT_EQ(syscall(SYS_rt_sigaction, SIGTRAP, &raw, nullptr, 8), 0);
+
+    auto second = counting_probe(function_address(push_target), hits);
+    ASSERT_TRUE(ukp::register_kprobe(second));  // repairs the disposition
+    program_traps = 0;
+    EXPECT_EQ(boost_target(1), 3);
+    EXPECT_EQ(push_target(1), 6);
+    EXPECT_EQ(hits.load(), 2);
+    EXPECT_EQ(own_breakpoint(), 7);
+    EXPECT_EQ(program_traps.load(), 1) << "the program's handler, recorded from the raw call, still gets its traps";
+    struct sigaction reset {};
+    reset.sa_handler = SIG_DFL;
+    sigaction(SIGTRAP, &reset, nullptr);
 }
 
 }  // namespace
