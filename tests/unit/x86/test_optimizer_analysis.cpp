@@ -173,14 +173,14 @@ TEST(OptimizerRelocation, RipRelativeLeaIsRebased) {
 
 TEST(OptimizerRelocation, RipRelativeMovIsRebased) {
     const Bytes function = {
-        0x48, 0x8B, 0x05, 0xE1, 0x2F, 0x00, 0x00,  // 401000: mov rax, [rip+0x2fe1] (-> 0x403fef)
+        0x48, 0x8B, 0x05, 0xE1, 0x2F, 0x00, 0x00,  // 401000: mov rax, [rip+0x2fe1] (-> 0x403fe8)
         0x48, 0x8B, 0x00,                          // 401007: mov rax, [rax]
         0xC3,                                      // 40100a: ret
     };
     expect_optimizable(
         function, 0, 7,
         {
-            // mov rax, [rip+0x2fe1] -> mov rax, [rip-0xfffd01f] (-> 0x403fef)
+            // mov rax, [rip+0x2fe1] -> mov rax, [rip-0xfffd01f] (-> 0x403fe8)
             0x48, 0x8B, 0x05, 0xE1, 0x2F, 0x00, 0xF0,  // 10401000
             0xE9, 0xFB, 0xFF, 0xFF, 0xEF,              // 10401007: jmp 0x401007
         });
@@ -188,7 +188,8 @@ TEST(OptimizerRelocation, RipRelativeMovIsRebased) {
 
 TEST(OptimizerRelocation, RipRelativeCmpKeepsItsImmediate) {
     const Bytes function = {
-        0x80, 0x3D, 0x00, 0x01, 0x00, 0x00, 0x00,  // 401000: cmp byte ptr [rip+0x100], 0 (-> 0x401107)
+        // 401000: cmp byte ptr [rip+0x100], 0 (-> 0x401107)
+        0x80, 0x3D, 0x00, 0x01, 0x00, 0x00, 0x00,
         0x75, 0x03,                                // 401007: jnz 0x40100c
         0x31, 0xC0,                                // 401009: xor eax, eax
         0xC3,                                      // 40100b: ret
@@ -295,7 +296,7 @@ TEST(OptimizerAllowed, BranchTargetingExactlyTheRegionStart) {
                            0xFF, 0xC0,                    // 10401000: inc eax
                            0x39, 0xF8,                    // 10401002: cmp eax, edi
                            0x48, 0x89, 0xC2,              // 10401004: mov rdx, rax
-                           0xE9, 0xFE, 0xFF, 0xFF, 0xEF,  // 10401007: jmp 0x401009
+                           0xE9, 0xFD, 0xFF, 0xFF, 0xEF,  // 10401007: jmp 0x401009
                        });
 }
 
@@ -498,7 +499,7 @@ TEST(OptimizerRefusal, XbeginAbortTargetInsideRegion) {
 
 TEST(OptimizerRefusal, ProbeInsideAnInstruction) {
     const Bytes function = {
-        0xF3, 0x0F, 0x1E, 0xFA,  // 401000: endbr64
+        0xF3, 0x0F, 0x1E, 0xFA,  // 401000: endbr64     probe at 401001, inside it
         0x55,                    // 401004: push rbp
         0x48, 0x89, 0xE5,        // 401005: mov rbp, rsp
         0x5D,                    // 401008: pop rbp
@@ -511,9 +512,10 @@ TEST(OptimizerRefusal, ProbeInsideAnInstruction) {
 TEST(OptimizerRefusal, ProbeOutsideFunction) {
     const Bytes function = {
         0xB8, 0x01, 0x00, 0x00, 0x00,  // 401000: mov eax, 1
-        0xC3,                          // 401005: ret
+        0xC3,                          // 401005: ret     probe at 401006, one past the end
     };
-    expect_refused(function, 6, OptimizeBlocker::NotInFunction, {"0x401006", "[0x401000, 0x401006)"});
+    expect_refused(function, 6, OptimizeBlocker::NotInFunction,
+                   {"0x401006", "[0x401000, 0x401006)"});
 }
 
 TEST(OptimizerRefusal, ProbeInTrailingPadding) {
@@ -570,6 +572,7 @@ struct ModuleSurvey {
     std::size_t functions = 0;
     std::size_t optimizable = 0;
     std::map<OptimizeBlocker, std::size_t> blockers;
+    std::map<OptimizeBlocker, std::string> first_refusal;  // "symbol: detail", to show why
 };
 
 bool is_known_blocker(OptimizeBlocker blocker) {
@@ -602,11 +605,13 @@ ModuleSurvey survey_module(const elf::SymbolIndex& index, const elf::Module& mod
         EXPECT_TRUE(is_known_blocker(check.blocker)) << symbol.name;
         if (!check.can_optimize()) {
             EXPECT_FALSE(check.detail.empty()) << symbol.name;
+            survey.first_refusal.try_emplace(check.blocker, symbol.name + ": " + check.detail);
             continue;
         }
         ++survey.optimizable;
         EXPECT_GE(check.region.length, optimized_jump_length) << symbol.name;
-        EXPECT_LT(check.region.length, optimized_jump_length + max_instruction_length) << symbol.name;
+        EXPECT_LT(check.region.length, optimized_jump_length + max_instruction_length)
+            << symbol.name;
         EXPECT_LE(check.region.start + check.region.length, end) << symbol.name;
         std::vector<std::uint8_t> out(check.region.insns.size() * max_relocated_length +
                                       jmp_rel32_length);
@@ -625,6 +630,10 @@ double print_survey(std::string_view module_name, const ModuleSurvey& survey) {
                survey.optimizable, survey.functions, 100.0 * share);
     for (const auto& [blocker, count] : survey.blockers) {
         fmt::print("  {:6}  {}\n", count, describe(blocker));
+        if (auto example = survey.first_refusal.find(blocker);
+            example != survey.first_refusal.end()) {
+            fmt::print("          e.g. {}\n", example->second);
+        }
     }
     return share;
 }

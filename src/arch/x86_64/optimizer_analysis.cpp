@@ -1,0 +1,356 @@
+// Deciding whether a probe can be optimized, and relocating its displaced
+// code region (DCR) next to the trampoline.
+//
+// Facts this relies on:
+// - Instruction boundaries are only known by decoding forward from a known
+//   one, the symbol's start.  We decode the whole function once, linearly,
+//   and trust that it holds code only.  Compilers put jump tables in
+//   .rodata, so data inside a function's symbol is rare; when a decode fails
+//   we refuse rather than guess where code resumes.
+// - Symbols may count alignment padding (int3 or nop forms) after the last
+//   `ret`/`jmp`.  Such a tail is not code: decoding stops where it begins,
+//   and bytes in it neither decode as branches nor can start a DCR.
+// - Execution can only enter the middle of the DCR through (a) a branch
+//   within the function, which we see in the linear decode, or (b) a return
+//   into it, from a call or syscall inside the DCR.  An indirect jump with a
+//   computed target (a switch's jump table: `jmp rax`, `jmp [rax*8+table]`)
+//   could land anywhere, so it blocks the whole function.  A
+//   `jmp qword ptr [rip+disp]` only reads a pointer slot (the GOT of a tail
+//   call) and is taken to leave the function.  Branches from other
+//   functions into this one are not looked for: compilers do not emit them
+//   except to symbol starts, and the kernel makes the same bet.
+// - A relative immediate of an instruction that is not a branch (xbegin's
+//   abort target) is a way in too, so it counts as a branch target.
+// - C++ landing pads are entered by the unwinder, not by a branch; they
+//   begin after a call or a jump, which a DCR may not pass (calls refuse,
+//   jmp/ret end a DCR only at or beyond 5 bytes).  Revisit if that
+//   assumption is ever seen to fail: the fix is reading .gcc_except_table.
+// - A DCR ending in a `ret`/`jmp`/`ud2` before its 5th byte would
+//   overwrite whatever follows, which may be padding, a landing pad, or the
+//   next function: refused as too short, as the kernel does.
+// - Threads preempted or interrupted by a signal inside the DCR are the
+//   patching protocol's problem (the engine's), not this analysis'; a thread
+//   blocked in a syscall inside the DCR would wait there unboundedly, so
+//   syscall counts as a call here.
+// - Whether each DCR instruction relocates is tried for real: relocate() to
+//   an address 256 MiB above the function, which exercises every rewrite
+//   (rel8 -> rel32, displacement rebasing) the trampoline will need.  A
+//   RIP-relative operand more than 1.75 GiB above the code could fail there
+//   and succeed nearer: revisit if that is ever seen.
+// - endbr64 may be displaced: user-space IBT is not enabled on Linux today.
+//   Revisit when it is, as an indirect call must land on an endbr64.
+#include "arch/x86_64/optimizer_analysis.hpp"
+
+#include <fmt/format.h>
+
+#include <array>
+#include <expected>
+#include <optional>
+
+#include "arch/x86_64/probe_insn.hpp"
+#include "arch/x86_64/relocator.hpp"
+
+namespace ukp::x86 {
+
+namespace {
+
+constexpr std::uint8_t int3_opcode = 0xCC;
+// Where the relocation trial places the DCR: far enough that every rel8
+// must widen and every displacement changes, near enough to stay in range.
+constexpr std::uint64_t relocation_trial_distance = 0x1000'0000;
+
+struct Refusal {
+    OptimizeBlocker blocker = OptimizeBlocker::None;
+    std::string detail;
+};
+
+template <class T>
+using Verdict = std::expected<T, Refusal>;
+
+std::unexpected<Refusal> refuse(OptimizeBlocker blocker, std::string detail) {
+    return std::unexpected(Refusal{blocker, std::move(detail)});
+}
+
+// "'jne 0x401002' at 0x401010": how details name an instruction.
+std::string name_instruction(const Insn& insn) {
+    return fmt::format("'{}' at {:#x}", disassemble(insn), insn.address);
+}
+
+bool is_padding(const Insn& insn) {
+    const bool is_one_byte_int3 = insn.length == 1 && insn.bytes[0] == int3_opcode;
+    return is_one_byte_int3 || insn.info.mnemonic == ZYDIS_MNEMONIC_NOP;
+}
+
+// ret, jmp (any form), ud2: execution never falls through to the next byte.
+bool ends_control_flow(const Insn& insn) {
+    const auto category = insn.info.meta.category;
+    return category == ZYDIS_CATEGORY_RET || category == ZYDIS_CATEGORY_UNCOND_BR ||
+           insn.info.mnemonic == ZYDIS_MNEMONIC_UD2;
+}
+
+// Instructions after which a thread may wait, with the next instruction's
+// address saved as where it resumes.
+bool returns_to_next_instruction(const Insn& insn) {
+    return insn.info.meta.category == ZYDIS_CATEGORY_CALL ||
+           insn.info.mnemonic == ZYDIS_MNEMONIC_SYSCALL;
+}
+
+bool is_indirect_jump(const Insn& insn) {
+    return insn.info.mnemonic == ZYDIS_MNEMONIC_JMP && !insn.is_relative_branch();
+}
+
+// `jmp qword ptr [rip+disp]`: reads a pointer slot outside the code.
+bool is_jump_through_rip_relative_slot(const Insn& insn) {
+    const auto& operand = insn.operands[0];
+    return operand.type == ZYDIS_OPERAND_TYPE_MEMORY && operand.mem.base == ZYDIS_REGISTER_RIP &&
+           operand.mem.index == ZYDIS_REGISTER_NONE;
+}
+
+// The address a relative immediate points at: branch targets, and xbegin's
+// abort handler, which is also a way into the code.
+std::optional<std::uint64_t> relative_target(const Insn& insn) {
+    if (insn.is_relative_branch()) {
+        return insn.branch_target();
+    }
+    for (const auto& immediate : insn.info.raw.imm) {
+        if (immediate.is_relative) {
+            return insn.next_address() + static_cast<std::uint64_t>(immediate.value.s);
+        }
+    }
+    return std::nullopt;
+}
+
+// Decoding from `offset` to the end finds only padding.
+bool is_rest_padding(std::span<const std::uint8_t> code, std::uint64_t start, std::size_t offset) {
+    while (offset < code.size()) {
+        auto insn = decode_one(code.subspan(offset), start + offset);
+        if (!insn || !is_padding(*insn)) {
+            return false;
+        }
+        offset += insn->length;
+    }
+    return true;
+}
+
+struct RelativeTransfer {
+    std::uint64_t address = 0;  // of the instruction
+    std::uint64_t target = 0;
+};
+
+// What the linear decode of the whole function tells.
+struct FunctionScan {
+    std::uint64_t code_end = 0;  // trailing padding excluded
+    std::vector<RelativeTransfer> transfers;
+    std::optional<Insn> computed_jump;                // the first that may target the function
+    std::optional<Insn> instruction_containing_probe; // when the probe is not a boundary
+};
+
+Verdict<FunctionScan> scan_function(std::span<const std::uint8_t> code, std::uint64_t start,
+                                    std::uint64_t probe_address) {
+    FunctionScan scan;
+    std::size_t offset = 0;
+    while (offset < code.size()) {
+        auto insn = decode_one(code.subspan(offset), start + offset);
+        if (!insn) {
+            return refuse(OptimizeBlocker::UndecodableFunction, insn.error().message);
+        }
+        if (insn->address < probe_address && insn->next_address() > probe_address) {
+            scan.instruction_containing_probe = *insn;
+        }
+        if (auto target = relative_target(*insn)) {
+            scan.transfers.push_back({insn->address, *target});
+        }
+        if (is_indirect_jump(*insn) && !is_jump_through_rip_relative_slot(*insn) &&
+            !scan.computed_jump) {
+            scan.computed_jump = *insn;
+        }
+        offset += insn->length;
+        if (ends_control_flow(*insn) && is_rest_padding(code, start, offset)) {
+            break;
+        }
+    }
+    scan.code_end = start + offset;
+    return scan;
+}
+
+// The whole instructions from the probe that cover the jump.
+Verdict<DisplacedRegion> take_displaced_region(std::span<const std::uint8_t> code,
+                                               std::uint64_t start, std::uint64_t code_end,
+                                               std::uint64_t probe_address) {
+    DisplacedRegion region;
+    region.start = probe_address;
+    while (region.length < optimized_jump_length) {
+        const auto address = probe_address + region.length;
+        if (address >= code_end) {
+            return refuse(OptimizeBlocker::TooShort,
+                          fmt::format("the code ends {} bytes after {:#x}; the jump needs {}",
+                                      region.length, probe_address, optimized_jump_length));
+        }
+        // The scan decoded these bytes already, so this cannot fail.
+        auto insn = decode_one(code.subspan(address - start), address);
+        if (!insn) {
+            return refuse(OptimizeBlocker::UndecodableFunction, insn.error().message);
+        }
+        region.length += insn->length;
+        region.insns.push_back(*insn);
+        if (ends_control_flow(*insn) && region.length < optimized_jump_length) {
+            return refuse(OptimizeBlocker::TooShort,
+                          fmt::format("{} ends the code {} bytes after {:#x}; the jump needs {}",
+                                      name_instruction(*insn), region.length, probe_address,
+                                      optimized_jump_length));
+        }
+    }
+    return region;
+}
+
+// Every DCR instruction must be copyable to the trampoline.
+Verdict<void> check_region_instructions(const DisplacedRegion& region) {
+    std::array<std::uint8_t, max_relocated_length> scratch{};
+    std::size_t offset = 0;
+    for (const auto& insn : region.insns) {
+        if (auto probe = analyze_probe_insn(insn); !probe) {
+            return refuse(OptimizeBlocker::UnrelocatableInsn, probe.error().message);
+        }
+        if (returns_to_next_instruction(insn)) {
+            return refuse(OptimizeBlocker::CallInRegion,
+                          fmt::format("{} would return into the jump", name_instruction(insn)));
+        }
+        const auto trial_address = region.start + relocation_trial_distance + offset;
+        auto written = relocate(insn, trial_address, scratch);
+        if (!written) {
+            return refuse(OptimizeBlocker::UnrelocatableInsn, written.error().message);
+        }
+        offset += *written;
+    }
+    return {};
+}
+
+// No branch may land inside the DCR after its first byte, and none from
+// the DCR may land in it at all (its copy would jump into the jump).
+Verdict<void> check_branch_targets(const FunctionScan& scan, const DisplacedRegion& region,
+                                   std::span<const std::uint8_t> code, std::uint64_t start) {
+    const auto region_end = region.start + region.length;
+    for (const auto& transfer : scan.transfers) {
+        const bool is_from_region =
+            transfer.address >= region.start && transfer.address < region_end;
+        const auto lowest_forbidden = is_from_region ? region.start : region.start + 1;
+        if (transfer.target < lowest_forbidden || transfer.target >= region_end) {
+            continue;
+        }
+        auto insn = decode_one(code.subspan(transfer.address - start), transfer.address);
+        const auto who = insn ? name_instruction(*insn) : fmt::format("at {:#x}", transfer.address);
+        return refuse(OptimizeBlocker::BranchIntoRegion,
+                      fmt::format("{} targets {:#x}, inside the displaced region [{:#x}, {:#x})",
+                                  who, transfer.target, region.start, region_end));
+    }
+    return {};
+}
+
+Verdict<DisplacedRegion> analyze(std::span<const std::uint8_t> code, std::uint64_t start,
+                                 std::uint64_t probe_address) {
+    // 1. The probe lies in the function's bytes.
+    if (probe_address < start || probe_address - start >= code.size()) {
+        return refuse(OptimizeBlocker::NotInFunction,
+                      fmt::format("{:#x} is outside the function [{:#x}, {:#x})", probe_address,
+                                  start, start + code.size()));
+    }
+    // 2. The whole function decodes; collect its branches.
+    auto scan = scan_function(code, start, probe_address);
+    if (!scan) {
+        return std::unexpected(std::move(scan.error()));
+    }
+    // 3. The probe is on an instruction boundary, in code.
+    if (scan->instruction_containing_probe) {
+        return refuse(OptimizeBlocker::NotInFunction,
+                      fmt::format("{:#x} is inside the instruction {}", probe_address,
+                                  name_instruction(*scan->instruction_containing_probe)));
+    }
+    if (probe_address >= scan->code_end) {
+        return refuse(OptimizeBlocker::NotInFunction,
+                      fmt::format("{:#x} is in the padding after the function's code, which "
+                                  "ends at {:#x}",
+                                  probe_address, scan->code_end));
+    }
+    // 4. Whole instructions cover the jump, then each can move.
+    auto region = take_displaced_region(code, start, scan->code_end, probe_address);
+    if (!region) {
+        return region;
+    }
+    if (auto copyable = check_region_instructions(*region); !copyable) {
+        return std::unexpected(std::move(copyable.error()));
+    }
+    // 5. Nothing enters the region except at its start.
+    if (auto entries = check_branch_targets(*scan, *region, code, start); !entries) {
+        return std::unexpected(std::move(entries.error()));
+    }
+    if (scan->computed_jump) {
+        return refuse(OptimizeBlocker::IndirectJump,
+                      fmt::format("{} may target any instruction of the function",
+                                  name_instruction(*scan->computed_jump)));
+    }
+    return region;
+}
+
+}  // namespace
+
+std::string_view describe(OptimizeBlocker blocker) noexcept {
+    switch (blocker) {
+        case OptimizeBlocker::None: return "nothing blocks the optimization";
+        case OptimizeBlocker::TooShort: return "fewer than 5 bytes of code follow the probe";
+        case OptimizeBlocker::UndecodableFunction: return "the function does not decode";
+        case OptimizeBlocker::UnrelocatableInsn:
+            return "a displaced instruction cannot be relocated";
+        case OptimizeBlocker::CallInRegion: return "a call in the displaced region";
+        case OptimizeBlocker::BranchIntoRegion: return "a branch targets the displaced region";
+        case OptimizeBlocker::IndirectJump: return "an indirect jump may target the function";
+        case OptimizeBlocker::NotInFunction:
+            return "the probe is not on an instruction of the function";
+    }
+    return "unknown optimize blocker";
+}
+
+OptimizeCheck check_optimizable(std::span<const std::uint8_t> function_code,
+                                std::uint64_t function_start, std::uint64_t probe_address) {
+    OptimizeCheck check;
+    auto region = analyze(function_code, function_start, probe_address);
+    if (!region) {
+        check.blocker = region.error().blocker;
+        check.detail = std::move(region.error().detail);
+        return check;
+    }
+    check.region = std::move(*region);
+    return check;
+}
+
+Result<std::size_t> relocate_region(const DisplacedRegion& region, std::uint64_t new_address,
+                                    std::span<std::uint8_t> out) {
+    if (region.insns.empty()) {
+        return make_error(Errc::InvalidArgument,
+                          fmt::format("at {:#x}: the displaced region holds no instruction",
+                                      region.start));
+    }
+    const auto needed = region.insns.size() * max_relocated_length + jmp_rel32_length;
+    if (out.size() < needed) {
+        return make_error(Errc::InvalidArgument,
+                          fmt::format("at {:#x}: relocating the displaced region needs {} bytes "
+                                      "of room, got {}",
+                                      region.start, needed, out.size()));
+    }
+    std::size_t written = 0;
+    for (const auto& insn : region.insns) {
+        auto size = relocate(insn, new_address + written, out.subspan(written));
+        if (!size) {
+            return std::unexpected(std::move(size.error()));
+        }
+        written += *size;
+    }
+    // jmp back to the first instruction after the region.
+    auto jump = emit_jmp_rel32(new_address + written, region.start + region.length,
+                               out.subspan(written));
+    if (!jump) {
+        return std::unexpected(std::move(jump.error()));
+    }
+    return written + *jump;
+}
+
+}  // namespace ukp::x86
