@@ -37,6 +37,7 @@ typedef int (*kprobe_fault_handler_t)(struct kprobe *, struct pt_regs *, int tra
 
 #define KPROBE_FLAG_GONE	1	/* never set here: modules are not unloaded under a probe */
 #define KPROBE_FLAG_DISABLED	2	/* registered but not armed */
+#define UKP_NO_OPTIMIZE		0x100	/* keep this probe on the int3 path */
 
 struct kprobe {
 	/* Where: addr, or symbol_name ("name" or "module:name"), plus offset. */

@@ -47,6 +47,8 @@ using FaultHandler = std::function<int(Kprobe&, Regs&, int trap_number)>;
 
 // Kprobe::flags, with the kernel's values.
 inline constexpr unsigned flag_disabled = 2;  // KPROBE_FLAG_DISABLED: registered but not armed
+// Keep this probe on the int3 path (and every probe sharing its address).
+inline constexpr unsigned flag_no_optimize = 0x100;  // UKP_NO_OPTIMIZE
 
 namespace detail {
 struct ProbeState;
@@ -103,13 +105,16 @@ void unregister_kprobes(std::span<Kprobe* const> probes);
 struct ProbeInfo {
     std::uint64_t address;
     std::string where;        // "symbol+0x4 [module]"
-    std::string kind;         // "emulated", "boosted" or "boosted+post-trap"
+    std::string kind;         // "optimized", "emulated", "boosted" or "boosted+post-trap"
+    std::string not_optimized;  // why it is not optimized; empty when it is
     std::string instruction;  // the probed instruction, disassembled
     bool enabled;
     std::uint64_t nhit, nmissed, nfault;
 };
 [[nodiscard]] std::vector<ProbeInfo> list_probes();
-// One line per probe: "ADDRESS  k  WHERE  KIND  [DISABLED]", then counters.
+// One line per probe, like the kernel's list:
+// "ADDRESS  k  WHERE  KIND  [OPTIMIZED] [DISABLED]", counters, and why a
+// probe is not optimized.
 [[nodiscard]] std::string format_probe_list();
 
 // Code that must never be probed, in addition to ukprobes' own code and the
@@ -122,6 +127,13 @@ void blacklist_range(std::uint64_t start, std::uint64_t end);
 // prints the same line and aborts the process.
 enum class HandlerFaultPolicy { Recover, Abort };
 void set_handler_fault_policy(HandlerFaultPolicy policy);
+
+// The process-wide switch for jump optimization (on by default).  Switching
+// it off takes every optimized probe back to int3.
+void set_optimization(bool enabled);
+// Retries optimizations that were waiting for threads to leave a displaced
+// region; returns how many still wait.
+std::size_t optimize_pending_probes();
 
 // Frees slots of unregistered probes that earlier unregistrations had to
 // leave because a thread was still inside; returns how many still wait.

@@ -8,7 +8,9 @@
 
 #include <array>
 #include <cstdint>
+#include <expected>
 #include <span>
+#include <string>
 #include <string_view>
 
 #include "ukprobes/error.hpp"
@@ -84,5 +86,41 @@ struct Memory {
     void* context;
 };
 [[nodiscard]] bool emulate(const PreparedInsn& insn, pt_regs& regs, const Memory& memory) noexcept;
+
+// --- Optimized probes: a jump to a trampoline instead of a breakpoint ---
+
+// Whether this CPU can run trampolines at all.
+[[nodiscard]] bool can_use_trampolines() noexcept;
+
+// Decides whether the probe at `address` can be optimized, on the original
+// bytes of its whole function; the error is the reason it cannot.
+[[nodiscard]] std::expected<OptimizedRegion, std::string> plan_optimization(
+    std::span<const std::uint8_t> function_code, std::uint64_t function_start, std::uint64_t address,
+    bool with_post_handler);
+[[nodiscard]] std::uint64_t region_start(const OptimizedRegion& plan) noexcept;
+[[nodiscard]] std::size_t region_length(const OptimizedRegion& plan) noexcept;
+
+// Writes the trampoline stub for `point` into `out`, to live at `stub`.
+[[nodiscard]] Result<void> build_trampoline(OptimizedRegion& plan, std::uint64_t stub, const void* point,
+                                            std::span<std::uint8_t, slot_size> out);
+// The bytes that replace the region's first bytes.
+[[nodiscard]] Result<std::array<std::uint8_t, optimized_jump_length>> optimized_jump(const OptimizedRegion& plan,
+                                                                                     std::uint64_t stub);
+// Shared trampoline code a thread may be in on its way back into a stub.
+[[nodiscard]] bool is_in_trampoline_code(std::uint64_t pc) noexcept;
+// The original address of the displaced instruction a stub is executing at
+// `pc`, or 0 when `pc` is not in one.
+[[nodiscard]] std::uint64_t trampoline_original_address(const OptimizedRegion& plan, std::uint64_t pc) noexcept;
+
+// A program single-stepping itself (TF) through a stub: the original
+// address the hardware would have reported for a step that lands on `pc`,
+// or 0 for a step inside our own code, which the program must not see.
+[[nodiscard]] std::uint64_t trampoline_step_address(const OptimizedRegion& plan, std::uint64_t pc) noexcept;
+
+// Filled in by the trampoline before calling the dispatcher: where the
+// stub's data word is, which names the probe point.
+[[nodiscard]] std::uint64_t trampoline_data_address(const pt_regs& regs) noexcept;
+// Sets the fields pt_regs has on the int3 path but a trampoline cannot know.
+void complete_trampoline_regs(pt_regs& regs, std::uint64_t ip) noexcept;
 
 }  // namespace ukp::arch

@@ -69,7 +69,7 @@ UKP_API detail::Registration::~Registration() {
 }
 
 UKP_API std::uint64_t Kprobe::nhit() const noexcept {
-    return registration.state ? registration.state->record.nhit.load(std::memory_order_relaxed) : 0;
+    return registration.state ? registration.state->record.nhit() : 0;
 }
 UKP_API std::uint64_t Kprobe::nmissed() const noexcept {
     return registration.state ? registration.state->record.nmissed.load(std::memory_order_relaxed) : 0;
@@ -101,6 +101,7 @@ UKP_API Result<void> register_kprobes(std::span<Kprobe* const> probes) {
                               fmt::format("probe at {} is registered already", probe->address()));
         auto& state = state_of(*probe);
         state.record.enabled.store(!(probe->flags & flag_disabled));
+        state.record.no_optimize = (probe->flags & flag_no_optimize) != 0;
         records.push_back(&state.record);
         targets.push_back(std::move(target));
     }
@@ -142,17 +143,19 @@ UKP_API Result<void> disable_kprobe(Kprobe& probe) {
 UKP_API std::vector<ProbeInfo> list_probes() {
     std::vector<ProbeInfo> result;
     for (auto& entry : core::Engine::instance().list())
-        result.push_back({entry.address, entry.where, entry.kind, entry.instruction, entry.enabled, entry.nhit,
-                          entry.nmissed, entry.nfault});
+        result.push_back({entry.address, entry.where, entry.kind, entry.not_optimized, entry.instruction,
+                          entry.enabled, entry.nhit, entry.nmissed, entry.nfault});
     return result;
 }
 
 UKP_API std::string format_probe_list() {
     std::string text;
     for (const auto& probe : list_probes())
-        text += fmt::format("{:016x}  k  {}  {}{}  hits={} missed={} faults={}  ({})\n", probe.address, probe.where,
-                            probe.kind, probe.enabled ? "" : "  [DISABLED]", probe.nhit, probe.nmissed,
-                            probe.nfault, probe.instruction);
+        text += fmt::format("{:016x}  k  {}  {}{}{}  hits={} missed={} faults={}  ({}){}\n", probe.address,
+                            probe.where, probe.kind, probe.kind == "optimized" ? "  [OPTIMIZED]" : "",
+                            probe.enabled ? "" : "  [DISABLED]", probe.nhit, probe.nmissed, probe.nfault,
+                            probe.instruction,
+                            probe.not_optimized.empty() ? "" : "  not optimized: " + probe.not_optimized);
     return text;
 }
 
@@ -167,5 +170,9 @@ UKP_API void set_handler_fault_policy(HandlerFaultPolicy policy) {
 }
 
 UKP_API std::size_t reclaim_retired_probes() { return core::Engine::instance().reclaim(); }
+
+UKP_API void set_optimization(bool enabled) { core::Engine::instance().set_optimization(enabled); }
+
+UKP_API std::size_t optimize_pending_probes() { return core::Engine::instance().optimize_pending(); }
 
 }  // namespace ukp

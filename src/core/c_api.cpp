@@ -62,6 +62,7 @@ UKP_API int register_kprobes(struct kprobe** probes, int count) {
         record->fault_handler = probe->fault_handler ? call_fault : nullptr;
         record->mirror_nmissed = &probe->nmissed;
         record->enabled.store(!(probe->flags & KPROBE_FLAG_DISABLED));
+        record->no_optimize = (probe->flags & UKP_NO_OPTIMIZE) != 0;
         records.push_back(record);
         targets.push_back({reinterpret_cast<std::uint64_t>(probe->addr),
                            probe->symbol_name ? probe->symbol_name : "", probe->offset});
@@ -106,7 +107,7 @@ UKP_API int disable_kprobe(struct kprobe* probe) { return set_enabled(probe, fal
 
 UKP_API unsigned long kprobe_nhit(const struct kprobe* probe) {
     auto* record = static_cast<const core::ProbeRecord*>(probe->ukprobes_private);
-    return record ? record->nhit.load(std::memory_order_relaxed) : 0;
+    return record ? record->nhit() : 0;
 }
 
 UKP_API const char* ukprobes_last_error(void) { return last_error.c_str(); }

@@ -56,19 +56,28 @@ thread_local EscapeKind escape_kind = EscapeKind::None;
 // Steps 1 and its reverse: the outermost entry and exit flip the sequence.
 class DispatchScope {
 public:
+    // Plain stores: only this thread writes its sequence, and the grace
+    // period orders them with membarrier (thread_state.hpp).  The signal
+    // fences keep the compiler from moving lookups across them.
     explicit DispatchScope(ThreadRecord* record) noexcept : record_(record) {
-        if (record_->dispatch_depth++ == 0) record_->dispatch_sequence.fetch_add(1, std::memory_order_seq_cst);
+        if (record_->dispatch_depth++ == 0) bump(record_);
+        std::atomic_signal_fence(std::memory_order_seq_cst);
     }
     ~DispatchScope() { leave(); }
     void leave() noexcept {
         if (record_ == nullptr) return;
-        if (--record_->dispatch_depth == 0) record_->dispatch_sequence.fetch_add(1, std::memory_order_seq_cst);
+        std::atomic_signal_fence(std::memory_order_seq_cst);
+        if (--record_->dispatch_depth == 0) bump(record_);
         record_ = nullptr;
     }
     DispatchScope(const DispatchScope&) = delete;
     DispatchScope& operator=(const DispatchScope&) = delete;
 
 private:
+    static void bump(ThreadRecord* record) noexcept {
+        auto& sequence = record->dispatch_sequence;
+        sequence.store(sequence.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    }
     ThreadRecord* record_;
 };
 
@@ -166,6 +175,12 @@ Outcome execute_displaced(ThreadRecord* record, ProbePoint* point, pt_regs& regs
 
 Outcome hit_probe(ThreadRecord* record, ProbePoint* point, pt_regs& regs) {
     arch::set_instruction_pointer(regs, point->address);
+    // Being optimized, or un-optimized: the trampoline runs the handlers and
+    // the whole displaced region (optimizer.cpp).
+    if (point->optimization.load(std::memory_order_acquire) != Optimization::None) {
+        arch::set_instruction_pointer(regs, point->trampoline.load(std::memory_order_acquire));
+        return Outcome::Resume;
+    }
     const HandlerList* list = point->handlers.load(std::memory_order_acquire);
 
     // Reentrancy: a handler on this thread hit a probe.  Count it missed for
@@ -178,7 +193,7 @@ Outcome hit_probe(ThreadRecord* record, ProbePoint* point, pt_regs& regs) {
 
     for (ProbeRecord* probe : list->probes) {
         if (!probe->enabled.load(std::memory_order_relaxed)) continue;
-        probe->nhit.fetch_add(1, std::memory_order_relaxed);
+        probe->count_hit(record->index);
         if (probe->pre_handler == nullptr) continue;
         record->current_probe = probe;
         record->current_point = point;
@@ -209,6 +224,23 @@ void report_single_step(int signal, siginfo_t* info, void* context) {
     step.si_addr = reinterpret_cast<void*>(arch::ucontext_instruction_pointer(context));
     (void)info;
     os::deliver_to_program(signal, &step, context, false);
+}
+
+// Delivers a signal to the program as if it had happened at `original`,
+// then resumes where we really are unless the program's handler moved it.
+void deliver_at(int signal, siginfo_t* info, void* context, std::uint64_t original) {
+    const std::uint64_t real = arch::ucontext_instruction_pointer(context);
+    pt_regs regs;
+    arch::load_regs(context, regs);
+    arch::set_instruction_pointer(regs, original);
+    ucontext_t translated;
+    copy_words(&translated, context, sizeof translated);
+    arch::store_regs(regs, &translated);
+    os::deliver_to_program(signal, info, &translated, false);
+    pt_regs after;
+    arch::load_regs(&translated, after);
+    if (arch::instruction_pointer(after) == original) arch::set_instruction_pointer(after, real);
+    arch::store_regs(after, context);
 }
 
 void on_trap_signal(int signal, siginfo_t* info, void* context) {
@@ -246,10 +278,21 @@ void on_trap_signal(int signal, siginfo_t* info, void* context) {
         return;
     }
     case arch::TrapKind::SingleStep: {
-        // The program single-steps itself; the step landed inside a slot.
+        // The program single-steps itself.  Steps inside our code are not
+        // the program's: inside the shared trampoline code, swallow them;
+        // inside a slot or stub, report them at the equivalent original
+        // address, or swallow them.
         std::uint64_t slot = 0;
         std::uint64_t pc = arch::instruction_pointer(regs);
+        if (arch::is_in_trampoline_code(pc)) return;
         if (ProbePoint* owner = engine.slots.owner_of(pc, &slot)) {
+            if (slot == owner->trampoline.load(std::memory_order_relaxed)) {
+                std::uint64_t original = arch::trampoline_step_address(owner->optimized, pc);
+                if (original == 0) return;
+                scope.leave();
+                deliver_at(signal, info, context, original);
+                return;
+            }
             auto place = arch::locate_in_slot(owner->insn, slot, pc);
             if (place == arch::SlotPlace::AtPostBreakpoint) {
                 (void)hit_post_breakpoint(record, owner, regs);
@@ -331,15 +374,21 @@ void on_fault_signal(int signal, siginfo_t* info, void* context) {
         __builtin_longjmp(record->handler_escape, 1);
     }
 
-    // A fault of the displaced instruction in its slot: the program sees it
-    // at the probed address, unless it takes the default action (then the
-    // instruction faults again where it is and the process ends).
+    // A fault of a displaced instruction in its slot or trampoline stub: the
+    // program sees it at the instruction's original address, unless it takes
+    // the default action (then the instruction faults again where it is and
+    // the process ends).
     std::uint64_t slot = 0;
-    if (ProbePoint* owner = engine.slots.owner_of(pc, &slot);
-        owner && arch::locate_in_slot(owner->insn, slot, pc) == arch::SlotPlace::InDisplacedInsn) {
+    std::uint64_t original = 0;
+    ProbePoint* owner = engine.slots.owner_of(pc, &slot);
+    if (owner && slot == owner->slot && arch::locate_in_slot(owner->insn, slot, pc) == arch::SlotPlace::InDisplacedInsn)
+        original = owner->address;
+    else if (owner && slot == owner->trampoline.load(std::memory_order_relaxed))
+        original = arch::trampoline_original_address(owner->optimized, pc);
+    if (original != 0) {
         pt_regs regs;
         arch::load_regs(context, regs);
-        arch::set_instruction_pointer(regs, owner->address);
+        arch::set_instruction_pointer(regs, original);
         scope.leave();
         ucontext_t translated;
         copy_words(&translated, context, sizeof translated);
@@ -350,7 +399,7 @@ void on_fault_signal(int signal, siginfo_t* info, void* context) {
         // slot so the instruction reruns without running handlers again.
         pt_regs after;
         arch::load_regs(&translated, after);
-        if (arch::instruction_pointer(after) == owner->address) arch::set_instruction_pointer(after, pc);
+        if (arch::instruction_pointer(after) == original) arch::set_instruction_pointer(after, pc);
         arch::store_regs(after, context);
         return;
     }
@@ -358,7 +407,64 @@ void on_fault_signal(int signal, siginfo_t* info, void* context) {
     os::deliver_to_program(signal, info, context, true);
 }
 
+// The trampoline's calls (trampoline.hpp).  The stub's data word names the
+// point; the continuation is the word after it, where the relocated region
+// begins, unless a pre-handler redirected execution.
+template <bool Post>
+std::uint64_t optimized_hit(pt_regs* regs) {
+    const std::uint64_t data = arch::trampoline_data_address(*regs);
+    const std::uint64_t continuation = data + sizeof(ProbePoint*);
+    auto* point = *reinterpret_cast<ProbePoint* const*>(data);
+    ThreadRecord* record = this_thread_record();
+    if (record == nullptr) return continuation;
+    DispatchScope scope(record);
+    const HandlerList* list = point->handlers.load(std::memory_order_acquire);
+
+    if constexpr (Post) {
+        // The first displaced instruction is the probed one.
+        arch::complete_trampoline_regs(*regs, point->address + arch::insn_length(point->insn));
+        if (record->current_probe == nullptr) run_post_handlers(record, point, list, *regs);
+        return continuation;
+    } else {
+        arch::complete_trampoline_regs(*regs, point->address);
+        if (record->current_probe != nullptr) {
+            for (ProbeRecord* probe : list->probes)
+                if (probe->enabled.load(std::memory_order_relaxed)) probe->count_miss();
+            return continuation;
+        }
+        const std::uint64_t entry_sp = regs->sp;
+        for (ProbeRecord* probe : list->probes) {
+            if (!probe->enabled.load(std::memory_order_relaxed)) continue;
+            probe->count_hit(record->index);
+            if (probe->pre_handler == nullptr) continue;
+            record->current_probe = probe;
+            record->current_point = point;
+            int result = 0;
+            pt_regs before = *regs;
+            if (!call_guarded(record, EscapeKind::Handler, [&] { result = probe->pre_handler(*probe, *regs); }))
+                *regs = before;
+            record->current_probe = nullptr;
+            record->current_point = nullptr;
+            if (result == 0) continue;
+            // Redirect.  The trampoline's frame lies below the probed code's
+            // stack by a fixed allowance; a handler that lowered sp further
+            // cannot be honoured here (trampoline.cpp).
+            if (regs->sp + arch::handler_stack_allowance >= entry_sp) return arch::instruction_pointer(*regs);
+            probe->nfault.fetch_add(1, std::memory_order_relaxed);
+            if (!probe->fault_reported.exchange(true, std::memory_order_relaxed))
+                write_stderr("ukprobes: a pre-handler of an optimized probe lowered sp by more than the "
+                             "trampoline allows; the redirect was ignored (use UKP_NO_OPTIMIZE)\n");
+            *regs = before;
+            return continuation;
+        }
+        return continuation;
+    }
+}
+
 }  // namespace
+
+extern "C" std::uint64_t ukp_optimized_pre_hit(pt_regs* regs) { return optimized_hit<false>(regs); }
+extern "C" std::uint64_t ukp_optimized_post_hit(pt_regs* regs) { return optimized_hit<true>(regs); }
 
 Result<void> install_trap_handlers() {
     if (auto taken = os::take_signal(SIGTRAP, on_trap_signal); !taken) return taken;

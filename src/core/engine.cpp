@@ -48,22 +48,6 @@ bool RecentlyDisarmed::contains(std::uint64_t address) const noexcept {
     return false;
 }
 
-struct Engine::Batch {
-    std::optional<os::CodeWriter> writer;
-    bool code_changed = false;
-    std::vector<ProbePoint*> points_to_remove;
-
-    Result<void> write(std::uint64_t address, std::span<const std::uint8_t> bytes) {
-        if (!writer) {
-            auto opened = os::CodeWriter::open();
-            if (!opened) return std::unexpected(opened.error());
-            writer.emplace(std::move(*opened));
-        }
-        code_changed = true;
-        return writer->write(address, bytes);
-    }
-};
-
 Engine& Engine::instance() {
     // Never destroyed: threads may trap during static destruction.
     static Engine* engine = new Engine();
@@ -191,10 +175,19 @@ std::vector<std::uint8_t> Engine::read_original_code(std::uint64_t address, std:
     std::size_t readable = length;
     while (readable > 0 && !os::safe_read(address, code.data(), readable)) --readable;
     code.resize(readable);
-    // Our own breakpoints are not the program's code: put the original bytes back.
-    for (std::size_t i = 0; i < code.size(); ++i)
-        if (code[i] == arch::breakpoint_bytes[0])
-            if (const ProbePoint* other = table.find(address + i); other && other->armed) code[i] = other->original[0];
+    // Our breakpoints and jumps are not the program's code: put the original
+    // bytes back.  Only bytes that could be ours need a table lookup.
+    for (std::size_t i = 0; i < code.size(); ++i) {
+        if (code[i] != arch::breakpoint_bytes[0] && code[i] != arch::optimized_jump_first_byte) continue;
+        const ProbePoint* other = table.find(address + i);
+        if (other == nullptr) continue;
+        if (other->optimization.load() == Optimization::Optimized) {
+            for (std::size_t j = 0; j < arch::optimized_jump_length && i + j < code.size(); ++j)
+                code[i + j] = other->optimized.original[j];
+        } else if (other->armed) {
+            code[i] = other->original[0];
+        }
+    }
     return code;
 }
 
@@ -259,13 +252,19 @@ Result<ProbePoint*> Engine::create_point_locked(std::uint64_t address, Batch& ba
     return point;
 }
 
-void Engine::publish_handlers_locked(ProbePoint& point, std::vector<ProbeRecord*> probes, Batch&) {
+void Engine::publish_handlers_locked(ProbePoint& point, std::vector<ProbeRecord*> probes, Batch& batch) {
     auto list = std::make_unique<HandlerList>();
     list->probes = std::move(probes);
     list->has_post_handler = std::any_of(list->probes.begin(), list->probes.end(),
                                          [](const ProbeRecord* probe) { return probe->post_handler != nullptr; });
+    bool has_post = list->has_post_handler;
     const HandlerList* previous = point.handlers.exchange(list.release(), std::memory_order_seq_cst);
     if (previous) retired_lists_.emplace_back(previous);
+    // The stub calls the post body or not: rebuild it when that changed.
+    if (point.optimization.load() != Optimization::None && point.optimized.with_post_handler != has_post) {
+        (void)unoptimize_locked(point, batch, "its handlers changed");
+        batch.touched.push_back(&point);
+    }
 }
 
 Result<void> Engine::update_arming_locked(ProbePoint& point, Batch& batch) {
@@ -277,6 +276,8 @@ Result<void> Engine::update_arming_locked(ProbePoint& point, Batch& batch) {
     if (wanted) {
         if (auto written = batch.write(point.address, arch::breakpoint_bytes); !written) return written;
     } else {
+        // A jump cannot be turned back into the original byte directly.
+        if (auto unoptimized = unoptimize_locked(point, batch, "disarmed"); !unoptimized) return unoptimized;
         if (auto written = batch.write(point.address, std::span(point.original.data(), arch::breakpoint_bytes.size()));
             !written)
             return written;
@@ -292,6 +293,9 @@ Result<void> Engine::register_one_locked(ProbeRecord& record, const ProbeTarget&
                                                                hex(record.address), record.where));
     auto address = resolve_locked(target);
     if (!address) return std::unexpected(address.error());
+    // A probe inside another's displaced region: that one goes back to int3
+    // first, so the bytes read below are the program's.
+    unoptimize_enclosing_locked(*address, batch);
     if (auto checked = check_probe_address_locked(*address); !checked) return checked;
 
     ProbePoint* point = table.find(*address);
@@ -308,6 +312,7 @@ Result<void> Engine::register_one_locked(ProbeRecord& record, const ProbeTarget&
     if (created)
         if (auto replaced = table.insert(*address, point)) retired_arrays_.push_back(std::move(replaced));
 
+    batch.touched.push_back(point);
     record.point = point;
     record.address = *address;
     if (auto function = symbols_locked().function_containing(*address))
@@ -327,6 +332,7 @@ void Engine::unregister_one_locked(ProbeRecord& record, Batch& batch) {
     // A failed write leaves the breakpoint in place; the point then stays in
     // the table with no records, which is harmless (hits run no handler).
     if (update_arming_locked(*point, batch) && last) batch.points_to_remove.push_back(point);
+    if (!last) batch.touched.push_back(point);
     record.point = nullptr;
 }
 
@@ -338,7 +344,11 @@ Result<void> Engine::finish_batch_locked(Batch& batch) {
         retired_points_.push_back(point);
     }
     batch.points_to_remove.clear();
-    if (!retired_lists_.empty() || !retired_arrays_.empty() || !retired_points_.empty()) reclaim_locked();
+    if (!retired_lists_.empty() || !retired_arrays_.empty() || !retired_points_.empty() ||
+        !retired_trampolines_.empty())
+        reclaim_locked();
+    if (synced && (!batch.touched.empty() || !pending_optimizations_.empty()))
+        optimize_locked(std::move(batch.touched));
     return synced;
 }
 
@@ -346,26 +356,35 @@ std::size_t Engine::reclaim_locked() {
     // A handler that unregisters probes is itself inside the dispatcher and
     // may still be walking a list or a point we would free: leave it all for
     // an operation made from outside a handler.
-    if (called_from_handler()) return retired_points_.size();
+    if (called_from_handler()) return retired_points_.size() + retired_trampolines_.size();
     wait_for_dispatchers();
     retired_lists_.clear();
     retired_arrays_.clear();
-    if (retired_points_.empty()) return 0;
+    if (retired_points_.empty() && retired_trampolines_.empty()) return 0;
 
     release_exited_thread_records();
     auto pcs = sample_thread_pcs();
-    if (!pcs) return retired_points_.size();
+    if (!pcs) return retired_points_.size() + retired_trampolines_.size();
+    // A thread in the shared trampoline code may be on its way back into any
+    // stub: stubs wait while one is there.
+    bool in_trampoline_code = std::any_of(pcs->begin(), pcs->end(), arch::is_in_trampoline_code);
+    auto occupied = [&](std::uint64_t start) {
+        return std::any_of(pcs->begin(), pcs->end(),
+                           [&](std::uint64_t pc) { return pc >= start && pc < start + arch::slot_size; });
+    };
+    std::erase_if(retired_trampolines_, [&](std::uint64_t stub) {
+        if (in_trampoline_code || occupied(stub)) return false;
+        slots.release(stub);
+        return true;
+    });
     std::erase_if(retired_points_, [&](ProbePoint* point) {
-        bool occupied = std::any_of(pcs->begin(), pcs->end(), [&](std::uint64_t pc) {
-            return pc >= point->slot && pc < point->slot + arch::slot_size;
-        });
-        if (occupied) return false;
+        if (occupied(point->slot)) return false;
         slots.release(point->slot);
         delete point->handlers.load(std::memory_order_relaxed);
         delete point;
         return true;
     });
-    return retired_points_.size();
+    return retired_points_.size() + retired_trampolines_.size();
 }
 
 std::size_t Engine::reclaim() {
@@ -404,6 +423,7 @@ Result<void> Engine::set_enabled(ProbeRecord& record, bool enabled) {
     if (record.point == nullptr) return {};
     Batch batch;
     if (auto updated = update_arming_locked(*record.point, batch); !updated) return updated;
+    batch.touched.push_back(record.point);
     return finish_batch_locked(batch);
 }
 
@@ -414,11 +434,12 @@ std::vector<ProbeListing> Engine::list() {
         const HandlerList* list = point->handlers.load(std::memory_order_relaxed);
         if (!list) return;
         for (ProbeRecord* record : list->probes) {
-            std::string kind = arch::is_emulated(point->insn) ? "emulated"
-                               : list->has_post_handler       ? "boosted+post-trap"
-                                                              : "boosted";
-            listing.push_back({point->address, record->where, kind, arch::describe_insn(point->insn),
-                               record->enabled.load(), point->armed, record->nhit.load(), record->nmissed.load(),
+            std::string kind = point->optimization.load() == Optimization::Optimized ? "optimized"
+                               : arch::is_emulated(point->insn)                         ? "emulated"
+                               : list->has_post_handler                                 ? "boosted+post-trap"
+                                                                                        : "boosted";
+            listing.push_back({point->address, record->where, kind, point->not_optimized, arch::describe_insn(point->insn),
+                               record->enabled.load(), point->armed, record->nhit(), record->nmissed.load(),
                                record->nfault.load(), record->front_end});
         }
     });

@@ -22,6 +22,7 @@
 #include "core/probe_table.hpp"
 #include "core/xol_slots.hpp"
 #include "elf/symbols.hpp"
+#include "os/linux/memory.hpp"
 #include "ukprobes/error.hpp"
 
 namespace ukp::core {
@@ -39,7 +40,8 @@ enum class HandlerFaultPolicy : int { Recover, Abort };
 struct ProbeListing {
     std::uint64_t address;
     std::string where;
-    std::string kind;         // "emulated", "boosted", "boosted+post-trap"
+    std::string kind;         // "optimized", "emulated", "boosted", "boosted+post-trap"
+    std::string not_optimized;  // why it is not optimized, empty when it is
     std::string instruction;  // disassembly of the probed instruction
     bool enabled;
     bool armed;
@@ -80,6 +82,11 @@ public:
     std::size_t reclaim();
 
     std::atomic<HandlerFaultPolicy> handler_fault_policy{HandlerFaultPolicy::Recover};
+    // The process-wide switch for jump optimization (on by default).
+    void set_optimization(bool enabled);
+    // Retries optimizations that waited for threads to leave a region;
+    // returns how many still wait.
+    std::size_t optimize_pending();
 
     // --- read by the trap path, lock-free ---
     ProbeTable table;
@@ -90,7 +97,24 @@ public:
 
 private:
     Engine() = default;
-    struct Batch;
+    // Code writes of one registry operation, sharing one /proc/self/mem
+    // descriptor and, at the end, one core sync.
+    struct Batch {
+        std::optional<os::CodeWriter> writer;
+        bool code_changed = false;
+        std::vector<ProbePoint*> points_to_remove;
+        std::vector<ProbePoint*> touched;  // candidates for (re)optimization
+
+        [[nodiscard]] Result<void> write(std::uint64_t address, std::span<const std::uint8_t> bytes) {
+            if (!writer) {
+                auto opened = os::CodeWriter::open();
+                if (!opened) return std::unexpected(opened.error());
+                writer.emplace(std::move(*opened));
+            }
+            code_changed = true;
+            return writer->write(address, bytes);
+        }
+    };
 
     [[nodiscard]] Result<void> initialize_locked();
     [[nodiscard]] Result<std::uint64_t> resolve_locked(const ProbeTarget& target);
@@ -105,6 +129,13 @@ private:
     [[nodiscard]] Result<void> update_arming_locked(ProbePoint& point, Batch& batch);
     std::size_t reclaim_locked();
 
+    // Optimization (optimizer.cpp).
+    void optimize_locked(std::vector<ProbePoint*> points);
+    [[nodiscard]] Result<void> unoptimize_locked(ProbePoint& point, Batch& batch, std::string reason);
+    void unoptimize_enclosing_locked(std::uint64_t address, Batch& batch);
+    [[nodiscard]] std::string why_not_optimize_locked(const ProbePoint& point);
+    void complete_optimizations_locked();
+
     std::mutex lock_;
     bool initialized_ = false;
     std::optional<elf::SymbolIndex> symbols_;
@@ -116,6 +147,10 @@ private:
     std::vector<std::unique_ptr<const HandlerList>> retired_lists_;
     std::vector<std::unique_ptr<ProbeTable::Array>> retired_arrays_;
     std::vector<ProbePoint*> retired_points_;
+    std::vector<std::uint64_t> retired_trampolines_;  // stub slots of unoptimized points
+
+    bool optimization_enabled_ = true;
+    std::vector<ProbePoint*> pending_optimizations_;  // Pending, waiting for threads to leave
 };
 
 // The grace periods (grace_period.cpp).
@@ -127,6 +162,9 @@ void wait_for_dispatchers() noexcept;
 // The program counters of every thread that could be inside a slot, or
 // nullopt when one of them cannot be known now.
 [[nodiscard]] std::optional<std::vector<std::uint64_t>> sample_thread_pcs();
+// The same for every thread of the process, whether or not it ever trapped
+// (optimizing must know that no thread runs inside a displaced region).
+[[nodiscard]] std::optional<std::vector<std::uint64_t>> sample_all_thread_pcs();
 
 // Answers a grace period's request for this thread's program counter.
 void on_sampling_signal(int signal, siginfo_t* info, void* context);

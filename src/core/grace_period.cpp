@@ -49,8 +49,6 @@ void pause_briefly() {
     nanosleep(&pause, nullptr);
 }
 
-std::atomic<std::uint64_t> sample_requests{0};
-
 }  // namespace
 
 bool called_from_handler() noexcept {
@@ -59,7 +57,15 @@ bool called_from_handler() noexcept {
 }
 
 void wait_for_dispatchers() noexcept {
+    // The heavy side of the fence: every thread that stored an odd sequence
+    // has made it visible, and every thread entering from now on sees what
+    // we unpublished before it looks anything up.
     std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (!os::memory_barrier_all_threads()) {
+        // Without membarrier, fall back on a signal round trip per thread
+        // being impossible here; a full fence on our side is all we can do.
+        std::atomic_thread_fence(std::memory_order_seq_cst);
+    }
     ThreadRecord* self = this_thread_record_if_any();
     struct Inside {
         ThreadRecord* record;
@@ -85,6 +91,14 @@ void wait_for_dispatchers() noexcept {
     }
 }
 
+// One sampling request at a time (the registry lock serializes callers):
+// the thread whose tid is `sample_tid` answers with its interrupted PC.
+namespace {
+std::atomic<int> sample_tid{0};
+std::atomic<std::uint64_t> sample_pc{0};
+std::atomic<bool> sample_answered{false};
+}  // namespace
+
 void on_sampling_signal(int signal, siginfo_t* info, void* context) {
     bool ours = info->si_code == SI_QUEUE && info->si_value.sival_int == sampling_cookie &&
                 info->si_pid == os::raw_getpid();
@@ -92,59 +106,82 @@ void on_sampling_signal(int signal, siginfo_t* info, void* context) {
         os::deliver_to_program(signal, info, context, false);
         return;
     }
+    if (sample_tid.load(std::memory_order_acquire) != os::raw_gettid()) return;  // a late answer
     ThreadRecord* self = this_thread_record_if_any();
-    if (self == nullptr) return;
-    std::uint64_t pc = self->dispatch_depth > 0 ? pc_unknown : arch::ucontext_instruction_pointer(context);
-    self->sampled_pc.store(pc, std::memory_order_relaxed);
-    self->sample_answer.store(self->sample_request.load(std::memory_order_relaxed), std::memory_order_release);
+    bool inside = self != nullptr && self->dispatch_depth > 0;
+    sample_pc.store(inside ? pc_unknown : arch::ucontext_instruction_pointer(context), std::memory_order_relaxed);
+    sample_answered.store(true, std::memory_order_release);
 }
+
+namespace {
+
+// The PC of thread `tid`: nullopt when it cannot be known now, 0 when the
+// thread is gone.
+std::optional<std::uint64_t> sample_thread(int tid) {
+    auto position = os::read_thread_position(tid);
+    if (!position) return 0;
+    if (!position->running) return position->pc;
+    const int pid = os::raw_getpid();
+    sample_answered.store(false, std::memory_order_relaxed);
+    sample_tid.store(tid, std::memory_order_release);
+    siginfo_t info{};
+    info.si_signo = os::sampling_signal();
+    info.si_code = SI_QUEUE;
+    info.si_pid = pid;
+    info.si_uid = getuid();
+    info.si_value.sival_int = sampling_cookie;
+    if (os::raw_syscall(SYS_rt_tgsigqueueinfo, pid, tid, info.si_signo, reinterpret_cast<long>(&info)) != 0)
+        return os::thread_is_alive(tid) ? std::nullopt : std::optional<std::uint64_t>(0);
+    auto deadline = std::chrono::steady_clock::now() + sample_timeout;
+    while (!sample_answered.load(std::memory_order_acquire)) {
+        if (std::chrono::steady_clock::now() > deadline) break;
+        if (!os::thread_is_alive(tid)) return 0;
+        std::this_thread::yield();
+    }
+    sample_tid.store(0, std::memory_order_release);
+    if (!sample_answered.load(std::memory_order_acquire)) return std::nullopt;
+    std::uint64_t pc = sample_pc.load(std::memory_order_relaxed);
+    if (pc == pc_unknown) return std::nullopt;
+    return pc;
+}
+
+}  // namespace
 
 std::optional<std::vector<std::uint64_t>> sample_thread_pcs() {
     std::vector<std::uint64_t> pcs;
     bool known = true;
     ThreadRecord* self = this_thread_record_if_any();
-    const int pid = os::raw_getpid();
     for_each_thread_record([&](ThreadRecord& record) {
         int tid = record.tid.load();
         if (!known || &record == self || tid == 0) return;
-        if (record.dispatch_sequence.load(std::memory_order_seq_cst) & 1) {
+        if (record.dispatch_sequence.load(std::memory_order_relaxed) & 1) {
             known = false;
             return;
         }
-        auto position = os::read_thread_position(tid);
-        if (!position) return;  // exited
-        if (!position->running) {
-            pcs.push_back(position->pc);
-            return;
-        }
-        std::uint64_t request = sample_requests.fetch_add(1) + 1;
-        record.sample_request.store(request, std::memory_order_release);
-        siginfo_t info{};
-        info.si_signo = os::sampling_signal();
-        info.si_code = SI_QUEUE;
-        info.si_pid = pid;
-        info.si_uid = getuid();
-        info.si_value.sival_int = sampling_cookie;
-        if (os::raw_syscall(SYS_rt_tgsigqueueinfo, pid, tid, info.si_signo, reinterpret_cast<long>(&info)) != 0) {
-            if (os::thread_is_alive(tid)) known = false;
-            return;
-        }
-        auto deadline = std::chrono::steady_clock::now() + sample_timeout;
-        while (record.sample_answer.load(std::memory_order_acquire) != request) {
-            if (std::chrono::steady_clock::now() > deadline || !os::thread_is_alive(tid)) break;
-            std::this_thread::yield();
-        }
-        if (record.sample_answer.load(std::memory_order_acquire) != request) {
-            if (os::thread_is_alive(tid)) known = false;
-            return;
-        }
-        std::uint64_t pc = record.sampled_pc.load(std::memory_order_relaxed);
-        if (pc == pc_unknown)
-            known = false;
-        else
-            pcs.push_back(pc);
+        auto pc = sample_thread(tid);
+        if (!pc) known = false;
+        else if (*pc != 0) pcs.push_back(*pc);
     });
     if (!known) return std::nullopt;
+    return pcs;
+}
+
+std::optional<std::vector<std::uint64_t>> sample_all_thread_pcs() {
+    std::vector<std::uint64_t> pcs;
+    const int self = os::raw_gettid();
+    for (int tid : os::list_threads()) {
+        if (tid == self) continue;
+        auto pc = sample_thread(tid);
+        if (!pc) return std::nullopt;
+        if (*pc != 0) pcs.push_back(*pc);
+    }
+    // Threads inside the dispatcher may be about to resume anywhere.
+    bool inside = false;
+    ThreadRecord* own = this_thread_record_if_any();
+    for_each_thread_record([&](ThreadRecord& record) {
+        if (&record != own && (record.dispatch_sequence.load(std::memory_order_relaxed) & 1)) inside = true;
+    });
+    if (inside) return std::nullopt;
     return pcs;
 }
 

@@ -24,6 +24,8 @@ detail::ThreadChunk* map_chunk() noexcept {
     return new (reinterpret_cast<void*>(address)) detail::ThreadChunk();
 }
 
+std::atomic<std::size_t> chunks_mapped{0};
+
 void unmap_chunk(detail::ThreadChunk* chunk) noexcept {
     os::raw_syscall(SYS_munmap, reinterpret_cast<long>(chunk), sizeof(detail::ThreadChunk));
 }
@@ -47,6 +49,10 @@ ThreadRecord* claim_record(int tid) noexcept {
         if (chunk == nullptr) {
             auto* fresh = map_chunk();
             if (fresh == nullptr) return nullptr;
+            // Indices are fixed when the chunk is made; a chunk that loses
+            // the race below is unmapped, so numbering may skip, never repeat.
+            std::size_t base = chunks_mapped.fetch_add(1) * detail::records_per_chunk;
+            for (std::size_t i = 0; i < detail::records_per_chunk; ++i) fresh->records[i].index = base + i;
             if (!link->compare_exchange_strong(chunk, fresh)) {
                 unmap_chunk(fresh);  // another thread linked one first: use it
             } else {

@@ -16,6 +16,11 @@
 // - `dispatch_sequence` is even while the thread is outside the dispatcher
 //   and odd inside it (only the outermost entry counts; nesting is tracked by
 //   `dispatch_depth`).  A grace period that saw it odd waits until it changes.
+//   Only the owning thread writes it, with plain (relaxed) stores: a locked
+//   instruction would cost as much as the rest of an optimized hit.  The
+//   grace period supplies the ordering instead, with
+//   membarrier(PRIVATE_EXPEDITED) between unpublishing a probe and reading
+//   the sequences (the asymmetric fence of liburcu's membarrier flavour).
 #pragma once
 
 #include <atomic>
@@ -28,6 +33,7 @@ struct ProbePoint;
 
 struct ThreadRecord {
     std::atomic<int> tid{0};  // 0: free
+    std::size_t index = 0;    // position in the table, fixed: selects hit-counter shards
     std::atomic<std::uint64_t> dispatch_sequence{0};
     std::uint32_t dispatch_depth = 0;
 
@@ -37,11 +43,6 @@ struct ThreadRecord {
     // Where a faulting handler is abandoned to (see dispatch.cpp).
     void* handler_escape[5] = {};
     bool handler_escape_armed = false;
-
-    // Program-counter sampling for grace periods (see grace_period.cpp).
-    std::atomic<std::uint64_t> sample_request{0};
-    std::atomic<std::uint64_t> sample_answer{0};
-    std::atomic<std::uint64_t> sampled_pc{0};
 };
 
 // This thread's record, claimed on first use.  Async-signal-safe.  Returns

@@ -11,8 +11,13 @@
 
 namespace {
 
+// The int3 paths are what this file tests: keep these probes from being
+// upgraded to jumps (test_optimized.cpp covers those).
 ukp::Kprobe probe_at(void* address, ukp::PreHandler pre = {}, ukp::PostHandler post = {}) {
-    return ukp::Kprobe{.addr = address, .pre_handler = std::move(pre), .post_handler = std::move(post)};
+    return ukp::Kprobe{.addr = address,
+                       .pre_handler = std::move(pre),
+                       .post_handler = std::move(post),
+                       .flags = ukp::flag_no_optimize};
 }
 
 #define ASSERT_REGISTERED(probe)                                                    \
@@ -23,12 +28,11 @@ ukp::Kprobe probe_at(void* address, ukp::PreHandler pre = {}, ukp::PostHandler p
 
 TEST(HitPath, PreHandlerSeesArgumentsAndProbeAddress) {
     std::uint64_t seen_di = 0, seen_ip = 0;
-    ukp::Kprobe probe{.addr = function_address(boost_target),
-                      .pre_handler = [&](ukp::Kprobe&, ukp::Regs& regs) {
-                          seen_di = regs.di;
-                          seen_ip = regs.ip;
-                          return 0;
-                      }};
+    auto probe = probe_at(function_address(boost_target), [&](ukp::Kprobe&, ukp::Regs& regs) {
+        seen_di = regs.di;
+        seen_ip = regs.ip;
+        return 0;
+    });
     ASSERT_REGISTERED(probe);
     EXPECT_EQ(boost_target(20), 41);
     EXPECT_EQ(seen_di, 20u);
@@ -197,7 +201,7 @@ TEST(HitPath, DisabledProbeDoesNotFireAndEnableRearmsIt) {
                           ++hits;
                           return 0;
                       },
-                      .flags = ukp::flag_disabled};
+                      .flags = ukp::flag_disabled | ukp::flag_no_optimize};
     ASSERT_REGISTERED(probe);
     EXPECT_EQ(*reinterpret_cast<unsigned char*>(function_address(boost_target)), 0x8d);  // not armed
     EXPECT_EQ(boost_target(1), 3);
@@ -225,7 +229,10 @@ TEST_P(ClobberInvariant, RegistersAndFlagsSurviveTheProbe) {
     clobber_state reference{}, probed{};
     clobber_run(&in, &reference);
 
-    void* site = path == "boosted" ? clobber_site_boost : path == "emulated" ? clobber_site_emulate : clobber_site_post;
+    bool optimized = path.starts_with("optimized");
+    void* site = path.ends_with("boosted") ? clobber_site_boost
+                 : path == "emulated"      ? clobber_site_emulate
+                                           : clobber_site_post;
     ukp::Regs seen{};
     auto probe = probe_at(
         site,
@@ -233,8 +240,11 @@ TEST_P(ClobberInvariant, RegistersAndFlagsSurviveTheProbe) {
             seen = regs;
             return 0;
         },
-        path == "post" ? ukp::PostHandler([](ukp::Kprobe&, ukp::Regs&, unsigned long) {}) : ukp::PostHandler());
+        path.ends_with("post") ? ukp::PostHandler([](ukp::Kprobe&, ukp::Regs&, unsigned long) {}) : ukp::PostHandler());
+    if (optimized) probe.flags = 0;
     ASSERT_REGISTERED(probe);
+    EXPECT_EQ(ukp::list_probes().at(0).kind, optimized ? "optimized" : path == "post" ? "boosted+post-trap" : path)
+        << ukp::format_probe_list();
     clobber_run(&in, &probed);
     EXPECT_EQ(probe.nhit(), 1u);
     EXPECT_EQ(std::memcmp(&reference, &probed, sizeof reference), 0);
@@ -258,6 +268,8 @@ TEST_P(ClobberInvariant, RegistersAndFlagsSurviveTheProbe) {
     EXPECT_EQ(seen.ip, reinterpret_cast<std::uint64_t>(site));
 }
 
-INSTANTIATE_TEST_SUITE_P(Paths, ClobberInvariant, ::testing::Values("boosted", "emulated", "post"));
+INSTANTIATE_TEST_SUITE_P(Paths, ClobberInvariant,
+                         ::testing::Values("boosted", "emulated", "post", "optimized_boosted", "optimized_post"),
+                         [](const auto& info) { return std::string(info.param); });
 
 }  // namespace

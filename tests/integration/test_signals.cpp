@@ -190,6 +190,12 @@ TEST(Signals, ProgramSingleSteppingThroughProbesSeesTheSameSteps) {
                           .post_handler = [](ukp::Kprobe&, ukp::Regs&, unsigned long) {}};
     ukp::Kprobe* probes[] = {&boosted, &emulated, &nop, &with_post};
     ASSERT_TRUE(ukp::register_kprobes(probes));
+    // The last probe's region (lea rcx; pushfq) holds no other probe: it is
+    // optimized, so the steps also cross a trampoline.
+    auto listed = ukp::list_probes();
+    ASSERT_EQ(listed.size(), 4u);
+    EXPECT_EQ(listed.back().kind, "optimized") << ukp::format_probe_list();
+    EXPECT_EQ(listed.front().kind, "boosted") << ukp::format_probe_list();
     auto probed = record_single_steps();
     EXPECT_EQ(hits.load(), 4);
     EXPECT_EQ(probed, reference);

@@ -12,6 +12,7 @@
 
 #include <ucontext.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fmt/format.h>
 
@@ -159,6 +160,86 @@ int trap_number(int signal, const siginfo_t* info) noexcept {
 bool emulate(const PreparedInsn& insn, pt_regs& regs, const Memory& memory) noexcept {
     x86::MemoryAccess access{memory.read, memory.write, memory.context};
     return x86::emulate(insn.probe, regs, access) == x86::EmulationStatus::Done;
+}
+
+bool can_use_trampolines() noexcept {
+    static const bool supported = x86::cpu_supports_trampolines();
+    return supported;
+}
+
+std::expected<OptimizedRegion, std::string> plan_optimization(std::span<const std::uint8_t> function_code,
+                                                              std::uint64_t function_start, std::uint64_t address,
+                                                              bool with_post_handler) {
+    auto check = x86::check_optimizable(function_code, function_start, address);
+    if (!check.can_optimize())
+        return std::unexpected(fmt::format("{}: {}", x86::describe(check.blocker), check.detail));
+    // The post-handler call follows the first displaced instruction; a
+    // branch there would skip it.
+    if (with_post_handler && !check.region.insns.empty()) {
+        const auto& first = check.region.insns.front();
+        if (first.is_relative_branch() || first.info.meta.category == ZYDIS_CATEGORY_RET ||
+            first.info.meta.category == ZYDIS_CATEGORY_UNCOND_BR)
+            return std::unexpected(fmt::format("the first instruction ({}) branches, and a post-handler must run "
+                                               "after it",
+                                               x86::disassemble(first)));
+    }
+    OptimizedRegion plan;
+    plan.region = std::move(check.region);
+    plan.at_function_entry = address == function_start;
+    plan.with_post_handler = with_post_handler;
+    auto offset = address - function_start;
+    std::copy_n(function_code.begin() + static_cast<std::ptrdiff_t>(offset),
+                std::min(plan.region.length, plan.original.size()), plan.original.begin());
+    return plan;
+}
+
+std::uint64_t region_start(const OptimizedRegion& plan) noexcept { return plan.region.start; }
+std::size_t region_length(const OptimizedRegion& plan) noexcept { return plan.region.length; }
+
+Result<void> build_trampoline(OptimizedRegion& plan, std::uint64_t stub, const void* point,
+                              std::span<std::uint8_t, slot_size> out) {
+    auto built = x86::build_stub(plan.region, stub, point,
+                                 plan.at_function_entry ? x86::BodyKind::Entry : x86::BodyKind::Middle,
+                                 plan.with_post_handler, out, &plan.layout);
+    if (!built) return std::unexpected(built.error());
+    return {};
+}
+
+Result<std::array<std::uint8_t, optimized_jump_length>> optimized_jump(const OptimizedRegion& plan,
+                                                                       std::uint64_t stub) {
+    return x86::jump_to_stub(plan.region.start, stub);
+}
+
+bool is_in_trampoline_code(std::uint64_t pc) noexcept { return x86::is_in_trampoline_body(pc); }
+
+std::uint64_t trampoline_original_address(const OptimizedRegion& plan, std::uint64_t pc) noexcept {
+    const auto& layout = plan.layout;
+    for (std::uint8_t i = 0; i < layout.count; ++i) {
+        std::uint64_t copy = layout.stub + layout.copy_offset[i];
+        if (pc >= copy && pc < copy + layout.copy_length[i]) return layout.original[i];
+    }
+    return 0;
+}
+
+std::uint64_t trampoline_step_address(const OptimizedRegion& plan, std::uint64_t pc) noexcept {
+    // A step is reported after each displaced instruction completes: where
+    // its copy ends, the original code would be at the next instruction.
+    // Not after the last copy: the stub's jmp back then steps onto the real
+    // next instruction, and that step is the program's own.
+    const auto& layout = plan.layout;
+    for (std::uint8_t i = 0; i + 1 < layout.count; ++i)
+        if (pc == layout.stub + layout.copy_offset[i] + layout.copy_length[i])
+            return layout.original[i] + layout.original_length[i];
+    return 0;
+}
+
+std::uint64_t trampoline_data_address(const pt_regs& regs) noexcept { return regs.orig_ax; }
+
+void complete_trampoline_regs(pt_regs& regs, std::uint64_t ip) noexcept {
+    regs.ip = ip;
+    regs.orig_ax = ~0ul;
+    regs.cs = 0x33;  // __USER_CS
+    regs.ss = 0x2b;  // __USER_DS
 }
 
 }  // namespace ukp::arch

@@ -4,7 +4,9 @@
 #include <array>
 #include <cstdint>
 
+#include "arch/x86_64/optimizer_analysis.hpp"
 #include "arch/x86_64/probe_insn.hpp"
+#include "arch/x86_64/trampoline.hpp"
 
 namespace ukp::arch {
 
@@ -25,6 +27,22 @@ struct PreparedInsn {
     // Length of the relocated copy in each form, set by build_slot.
     std::uint8_t boost_copy_length = 0;
     std::uint8_t post_copy_length = 0;
+};
+
+// An optimized probe: the jump's length, the region it displaces and where
+// each displaced instruction lives in the stub.
+inline constexpr std::size_t optimized_jump_length = x86::optimized_jump_length;
+inline constexpr std::uint8_t optimized_jump_first_byte = 0xE9;  // jmp rel32
+// How far a pre-handler of an optimized probe may lower regs.sp and still
+// redirect execution (see trampoline.cpp).
+inline constexpr std::uint64_t handler_stack_allowance = x86::handler_stack_allowance;
+
+struct OptimizedRegion {
+    x86::DisplacedRegion region;
+    x86::StubLayout layout;
+    std::array<std::uint8_t, 32> original{};  // the region's original bytes
+    bool at_function_entry = false;
+    bool with_post_handler = false;
 };
 
 }  // namespace ukp::arch

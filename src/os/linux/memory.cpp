@@ -65,6 +65,19 @@ Result<void> sync_all_cores() {
     return {};
 }
 
+Result<void> memory_barrier_all_threads() {
+    static thread_local int registered_pid = 0;
+    int pid = raw_getpid();
+    if (registered_pid != pid) {
+        if (membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) != 0)
+            return make_system_error("membarrier(REGISTER_PRIVATE_EXPEDITED)", errno);
+        registered_pid = pid;
+    }
+    if (membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0)
+        return make_system_error("membarrier(PRIVATE_EXPEDITED)", errno);
+    return {};
+}
+
 std::size_t page_size() noexcept {
     static const std::size_t size = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
     return size;

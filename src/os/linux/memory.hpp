@@ -49,6 +49,11 @@ private:
 // next runs user code.
 [[nodiscard]] Result<void> sync_all_cores();
 
+// Every running thread of the process executes a full memory barrier before
+// this returns (membarrier PRIVATE_EXPEDITED): the heavy side of an
+// asymmetric fence whose light side is a compiler barrier.
+[[nodiscard]] Result<void> memory_barrier_all_threads();
+
 // Maps `size` bytes (a multiple of the page size) readable and executable,
 // anywhere such that every byte is within +-2 GiB (minus `size`) of
 // [near_start, near_end).  Errc::OutOfRange when no gap is that close.

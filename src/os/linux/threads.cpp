@@ -1,5 +1,6 @@
 #include "os/linux/threads.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -31,6 +32,16 @@ std::optional<ThreadPosition> read_thread_position(int tid) noexcept {
         fields[count++] = token;
     if (count < 3) return ThreadPosition{true, 0};
     return ThreadPosition{false, std::strtoull(fields[count - 1], nullptr, 16)};
+}
+
+std::vector<int> list_threads() {
+    std::vector<int> tids;
+    DIR* directory = ::opendir("/proc/self/task");
+    if (directory == nullptr) return tids;
+    while (dirent* entry = ::readdir(directory))
+        if (entry->d_name[0] >= '0' && entry->d_name[0] <= '9') tids.push_back(std::atoi(entry->d_name));
+    ::closedir(directory);
+    return tids;
 }
 
 bool thread_is_alive(int tid) noexcept { return raw_tgkill(raw_getpid(), tid, 0) != -ESRCH; }

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 namespace ukp::os {
 
@@ -24,5 +25,8 @@ struct ThreadPosition {
 [[nodiscard]] std::optional<ThreadPosition> read_thread_position(int tid) noexcept;
 
 [[nodiscard]] bool thread_is_alive(int tid) noexcept;
+
+// The tids of every thread of this process, from /proc/self/task.
+[[nodiscard]] std::vector<int> list_threads();
 
 }  // namespace ukp::os

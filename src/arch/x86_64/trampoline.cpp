@@ -1,0 +1,342 @@
+// The trampoline bodies and stubs of optimized probes (see trampoline.hpp).
+//
+// Body frame, from the probed code's stack pointer S downwards:
+//   [S-128, S)          the red zone: never touched
+//   S-136               the stub's return address R (points at the stub's
+//                       ProbePoint* word); later the continuation address
+//   [S-136-GAP, S-136)  room for a pre-handler that lowers regs.sp
+//   S-144-GAP           the flags, pushed first (nothing before changes them)
+//   below               struct pt_regs, then the 64-byte aligned vector area
+//
+// Exit, the same for every outcome: the C++ side returns the continuation
+// C.  With T = regs.sp - 136 the body stores C at [T], restores every
+// register from pt_regs, loads rsp = T and executes `ret 128`: rip = C,
+// rsp = T + 8 + 128 = regs.sp.  [T] lies below the red zone of the stack the
+// program resumes with, so a signal arriving between `mov rsp` and `ret`
+// (its frame goes below T - 128) cannot overwrite it; and it lies above our
+// own frame as long as the handler lowered regs.sp by less than GAP - 8,
+// which the C++ side enforces.
+#include "arch/x86_64/trampoline.hpp"
+
+#include <cpuid.h>
+
+#include <array>
+#include <cstddef>
+#include <cstring>
+#include <fmt/format.h>
+
+#include "arch/x86_64/relocator.hpp"
+
+namespace ukp::x86 {
+
+namespace {
+
+constexpr std::size_t gap = handler_stack_allowance + 16;  // 1024
+static_assert(gap % 16 == 0);
+constexpr std::size_t vector_area = 64 * 16 + 64 * 16 + 64 + 64;  // zmm0-15, zmm16-31, k0-7, mxcsr
+static_assert(vector_area % 64 == 0);
+
+// Stub layout (offsets in bytes).
+constexpr std::size_t stub_call_offset = 5;    // after lea rsp, [rsp-0x80]
+constexpr std::size_t stub_call_length = 6;    // ff 15 disp32
+constexpr std::size_t stub_data_length = 8;    // the ProbePoint*
+constexpr std::size_t stub_entry_length = 5 + stub_call_length + stub_data_length;  // 19
+constexpr std::size_t body_pointer_bytes = 16;  // pre body, post body at the slot's end
+
+}  // namespace
+
+// The bodies.  The asm lives in a function that is never called: only its
+// operands matter (offsetof values), and .pushsection puts the code in
+// .text under its own global labels.
+__attribute__((used)) static void define_trampoline_bodies() {
+    asm volatile(
+        R"(
+        .pushsection .text
+        .intel_syntax noprefix
+
+        .macro UKP_SAVE_GPRS
+        mov [rsp + %c[r15]], r15
+        mov [rsp + %c[r14]], r14
+        mov [rsp + %c[r13]], r13
+        mov [rsp + %c[r12]], r12
+        mov [rsp + %c[bp]], rbp
+        mov [rsp + %c[bx]], rbx
+        mov [rsp + %c[r11]], r11
+        mov [rsp + %c[r10]], r10
+        mov [rsp + %c[r9]], r9
+        mov [rsp + %c[r8]], r8
+        mov [rsp + %c[ax]], rax
+        mov [rsp + %c[cx]], rcx
+        mov [rsp + %c[dx]], rdx
+        mov [rsp + %c[si]], rsi
+        mov [rsp + %c[di]], rdi
+        .endm
+
+        .macro UKP_RESTORE_GPRS
+        mov r15, [rsp + %c[r15]]
+        mov r14, [rsp + %c[r14]]
+        mov r13, [rsp + %c[r13]]
+        mov r12, [rsp + %c[r12]]
+        mov rbp, [rsp + %c[bp]]
+        mov rbx, [rsp + %c[bx]]
+        mov r11, [rsp + %c[r11]]
+        mov r10, [rsp + %c[r10]]
+        mov r9, [rsp + %c[r9]]
+        mov r8, [rsp + %c[r8]]
+        mov rax, [rsp + %c[ax]]
+        mov rcx, [rsp + %c[cx]]
+        mov rdx, [rsp + %c[dx]]
+        mov rsi, [rsp + %c[si]]
+        mov rdi, [rsp + %c[di]]
+        .endm
+
+        # UKP_BODY name, last_low_vector (7 at entry, 15 elsewhere),
+        #          mid (1: also opmask, zmm16-31, MXCSR), c_function
+        .macro UKP_BODY name, last, mid, function
+        .globl \name
+        .hidden \name
+        .type \name, @function
+        .p2align 4
+\name:
+        lea rsp, [rsp - %c[gap]]
+        pushfq
+        lea rsp, [rsp - %c[regs_size]]
+        UKP_SAVE_GPRS
+        mov rbx, rsp
+        mov rax, [rbx + %c[regs_size]]
+        mov [rbx + %c[flags]], rax
+        lea rax, [rbx + %c[regs_size] + 8 + %c[gap] + 8 + 128]
+        mov [rbx + %c[sp]], rax
+        mov rax, [rbx + %c[regs_size] + 8 + %c[gap]]
+        mov [rbx + %c[orig_ax]], rax
+        cld
+        # A program single-stepping itself must not step through the
+        # dispatcher and handlers: clear TF for the call (the exit's popfq
+        # restores it).  popfq is slow, so only when TF is set.
+        test byte ptr [rbx + %c[flags] + 1], 1
+        jz 10f
+        pushfq
+        and qword ptr [rsp], -0x101
+        popfq
+10:
+        and rsp, -64
+        sub rsp, %c[vector_area]
+        mov ecx, 1
+        xgetbv
+        mov r12d, eax
+
+        # xmm (legacy SSE encoding: leaves upper bits alone)
+        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+        .if \i <= \last
+        movaps [rsp + 64*\i], xmm\i
+        .endif
+        .endr
+        test r12d, 0x4
+        jz 1f
+        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+        .if \i <= \last
+        vmovdqu [rsp + 64*\i], ymm\i
+        .endif
+        .endr
+1:      test r12d, 0x40
+        jz 2f
+        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+        .if \i <= \last
+        vmovdqu64 [rsp + 64*\i], zmm\i
+        .endif
+        .endr
+2:
+        .if \mid
+        test r12d, 0x20
+        jz 3f
+        .irp i, 0,1,2,3,4,5,6,7
+        kmovq [rsp + 2048 + 8*\i], k\i
+        .endr
+3:      test r12d, 0x80
+        jz 4f
+        .irp i, 16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+        vmovdqu64 [rsp + 1024 + 64*(\i-16)], zmm\i
+        .endr
+4:      stmxcsr [rsp + 2112]
+        .endif
+
+        mov rdi, rbx
+        call \function
+
+        .if \mid
+        ldmxcsr [rsp + 2112]
+        test r12d, 0x80
+        jz 5f
+        .irp i, 16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+        vmovdqu64 zmm\i, [rsp + 1024 + 64*(\i-16)]
+        .endr
+5:      test r12d, 0x20
+        jz 6f
+        .irp i, 0,1,2,3,4,5,6,7
+        kmovq k\i, [rsp + 2048 + 8*\i]
+        .endr
+6:
+        .endif
+        test r12d, 0x40
+        jz 7f
+        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+        .if \i <= \last
+        vmovdqu64 zmm\i, [rsp + 64*\i]
+        .endif
+        .endr
+        jmp 9f
+7:      test r12d, 0x4
+        jz 8f
+        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+        .if \i <= \last
+        vmovdqu ymm\i, [rsp + 64*\i]
+        .endif
+        .endr
+        jmp 9f
+8:
+        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+        .if \i <= \last
+        movaps xmm\i, [rsp + 64*\i]
+        .endif
+        .endr
+9:
+        # Continue at rax with rsp = regs.sp (see the essay above).
+        mov rcx, [rbx + %c[sp]]
+        sub rcx, 136
+        mov [rcx], rax
+        mov [rbx + %c[orig_ax]], rcx
+        mov rsp, rbx
+        push qword ptr [rsp + %c[flags]]
+        popfq
+        UKP_RESTORE_GPRS
+        mov rsp, [rsp + %c[orig_ax]]
+        ret 128
+        .size \name, .-\name
+        .endm
+
+        .globl ukp_trampoline_bodies_start
+        .hidden ukp_trampoline_bodies_start
+        .p2align 6
+ukp_trampoline_bodies_start:
+        UKP_BODY ukp_trampoline_body_entry, 7, 0, ukp_optimized_pre_hit
+        UKP_BODY ukp_trampoline_body_middle, 15, 1, ukp_optimized_pre_hit
+        UKP_BODY ukp_trampoline_body_post, 15, 1, ukp_optimized_post_hit
+        .globl ukp_trampoline_bodies_end
+        .hidden ukp_trampoline_bodies_end
+ukp_trampoline_bodies_end:
+        .purgem UKP_SAVE_GPRS
+        .purgem UKP_RESTORE_GPRS
+        .purgem UKP_BODY
+        .att_syntax prefix
+        .popsection
+        )" ::[r15] "i"(offsetof(pt_regs, r15)),
+        [r14] "i"(offsetof(pt_regs, r14)), [r13] "i"(offsetof(pt_regs, r13)), [r12] "i"(offsetof(pt_regs, r12)),
+        [bp] "i"(offsetof(pt_regs, bp)), [bx] "i"(offsetof(pt_regs, bx)), [r11] "i"(offsetof(pt_regs, r11)),
+        [r10] "i"(offsetof(pt_regs, r10)), [r9] "i"(offsetof(pt_regs, r9)), [r8] "i"(offsetof(pt_regs, r8)),
+        [ax] "i"(offsetof(pt_regs, ax)), [cx] "i"(offsetof(pt_regs, cx)), [dx] "i"(offsetof(pt_regs, dx)),
+        [si] "i"(offsetof(pt_regs, si)), [di] "i"(offsetof(pt_regs, di)), [orig_ax] "i"(offsetof(pt_regs, orig_ax)),
+        [flags] "i"(offsetof(pt_regs, flags)), [sp] "i"(offsetof(pt_regs, sp)), [regs_size] "i"(sizeof(pt_regs)),
+        [gap] "i"(gap), [vector_area] "i"(vector_area));
+}
+
+extern "C" char ukp_trampoline_bodies_start[], ukp_trampoline_bodies_end[];
+extern "C" char ukp_trampoline_body_entry[], ukp_trampoline_body_middle[], ukp_trampoline_body_post[];
+
+bool is_in_trampoline_body(std::uint64_t pc) noexcept {
+    return pc >= reinterpret_cast<std::uint64_t>(ukp_trampoline_bodies_start) &&
+           pc < reinterpret_cast<std::uint64_t>(ukp_trampoline_bodies_end);
+}
+
+bool cpu_supports_trampolines() noexcept {
+    // The bodies read XINUSE with xgetbv(ecx=1): CPUID.(0DH,1):EAX bit 2,
+    // and xgetbv itself needs OSXSAVE (CPUID.1:ECX bit 27).
+    unsigned eax, ebx, ecx, edx;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & (1u << 27))) return false;
+    if (__get_cpuid_max(0, nullptr) < 0xd) return false;
+    __cpuid_count(0xd, 1, eax, ebx, ecx, edx);
+    return (eax & (1u << 2)) != 0;
+}
+
+namespace {
+
+void put_u32(std::span<std::uint8_t> out, std::size_t at, std::uint32_t value) {
+    std::memcpy(out.data() + at, &value, sizeof value);
+}
+void put_u64(std::span<std::uint8_t> out, std::size_t at, std::uint64_t value) {
+    std::memcpy(out.data() + at, &value, sizeof value);
+}
+
+// lea rsp, [rsp-0x80]; call qword ptr [rip+disp32]; .quad point
+void emit_body_call(std::span<std::uint8_t> out, std::size_t at, std::uint64_t stub, std::size_t pointer_offset,
+                    const void* point) {
+    const std::uint8_t lea_rsp_minus_128[] = {0x48, 0x8d, 0x64, 0x24, 0x80};  // lea rsp, [rsp-0x80]
+    std::memcpy(out.data() + at, lea_rsp_minus_128, sizeof lea_rsp_minus_128);
+    out[at + 5] = 0xff;  // call qword ptr [rip+disp32]
+    out[at + 6] = 0x15;
+    auto next = static_cast<std::int64_t>(at + 5 + stub_call_length);
+    put_u32(out, at + 7, static_cast<std::uint32_t>(static_cast<std::int64_t>(pointer_offset) - next));
+    put_u64(out, at + 5 + stub_call_length, reinterpret_cast<std::uint64_t>(point));
+    (void)stub;
+}
+
+}  // namespace
+
+Result<std::size_t> build_stub(const DisplacedRegion& region, std::uint64_t stub_address, const void* point,
+                               BodyKind pre_body, bool post_after_first, std::span<std::uint8_t> out,
+                               StubLayout* layout) {
+    if (out.size() < stub_entry_length * 2 + body_pointer_bytes + jmp_rel32_length)
+        return make_error(Errc::InvalidArgument, "trampoline stub buffer too small");
+    std::memset(out.data(), 0xcc, out.size());  // int3 padding
+    const std::size_t pre_pointer = out.size() - 8, post_pointer = out.size() - 16;
+    void* pre = pre_body == BodyKind::Entry ? static_cast<void*>(ukp_trampoline_body_entry)
+                                            : static_cast<void*>(ukp_trampoline_body_middle);
+    put_u64(out, pre_pointer, reinterpret_cast<std::uint64_t>(pre));
+    put_u64(out, post_pointer, reinterpret_cast<std::uint64_t>(ukp_trampoline_body_post));
+
+    emit_body_call(out, 0, stub_address, pre_pointer, point);
+    std::size_t at = stub_entry_length;
+    const std::size_t limit = out.size() - body_pointer_bytes;
+    if (layout) *layout = StubLayout{.stub = stub_address};
+    std::array<std::uint8_t, max_relocated_length> copy{};
+    for (std::size_t i = 0; i < region.insns.size(); ++i) {
+        if (i == 1 && post_after_first) {
+            if (at + stub_entry_length > limit) break;
+            emit_body_call(out, at, stub_address, post_pointer, point);
+            at += stub_entry_length;
+        }
+        auto written = relocate(region.insns[i], stub_address + at, copy);
+        if (!written) return std::unexpected(written.error());
+        if (at + *written + jmp_rel32_length > limit)
+            return make_error(Errc::InvalidArgument,
+                              fmt::format("the relocated region at {:#x} does not fit a {}-byte trampoline",
+                                          region.start, out.size()));
+        std::memcpy(out.data() + at, copy.data(), *written);
+        if (layout && i < std::size(layout->original)) {
+            layout->copy_offset[i] = static_cast<std::uint8_t>(at);
+            layout->copy_length[i] = static_cast<std::uint8_t>(*written);
+            layout->original[i] = region.insns[i].address;
+            layout->original_length[i] = region.insns[i].length;
+            layout->count = static_cast<std::uint8_t>(i + 1);
+        }
+        at += *written;
+    }
+    if (post_after_first && region.insns.size() == 1) {
+        if (at + stub_entry_length + jmp_rel32_length > limit)
+            return make_error(Errc::InvalidArgument, "post-handler call does not fit the trampoline");
+        emit_body_call(out, at, stub_address, post_pointer, point);
+        at += stub_entry_length;
+    }
+    auto jump = emit_jmp_rel32(stub_address + at, region.start + region.length, out.subspan(at));
+    if (!jump) return std::unexpected(jump.error());
+    return at + *jump;
+}
+
+Result<std::array<std::uint8_t, optimized_jump_length>> jump_to_stub(std::uint64_t probe_address,
+                                                                     std::uint64_t stub_address) {
+    std::array<std::uint8_t, optimized_jump_length> bytes{};
+    auto written = emit_jmp_rel32(probe_address, stub_address, bytes);
+    if (!written) return std::unexpected(written.error());
+    return bytes;
+}
+
+}  // namespace ukp::x86

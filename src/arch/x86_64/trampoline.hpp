@@ -1,0 +1,98 @@
+// Optimized probes on x86-64: the jump, the per-probe stub and the shared
+// trampoline bodies.
+//
+// A probe is optimized by replacing its displaced code region (DCR, >= 5
+// bytes of whole instructions) with `jmp rel32` to a per-probe stub in slot
+// memory within +-2 GiB:
+//
+//   stub:  lea rsp, [rsp-0x80]          48 8d 64 24 80   step over the red zone
+//          call qword ptr [rip+body]    ff 15 disp32     pushes the stub's data address
+//          .quad ProbePoint*                             read by the body, skipped on return
+//          <first DCR instruction, relocated>
+//          [with a post-handler:
+//          lea rsp, [rsp-0x80]; call qword ptr [rip+post_body]; .quad ProbePoint*]
+//          <rest of the DCR, relocated>
+//          jmp rel32 -> end of the DCR   e9 disp32
+//          ... body pointers at the end of the slot
+//
+// The bodies are static code of this library (trampoline.cpp).  They save
+// the general registers and flags into a pt_regs, the vector state the
+// program may have live (see below), call the C++ dispatcher, restore
+// everything and continue at the address it returns with the stack pointer
+// regs.sp: normally the relocated DCR in the stub; when a pre-handler
+// returned non-zero, the regs.ip it chose.
+//
+// Vector state.  Our own dispatcher only touches xmm0-15 (baseline SSE2,
+// whose legacy encoding leaves the upper bits of ymm/zmm alone); a user
+// handler may call anything, including glibc's AVX2/EVEX string functions,
+// which clobber ymm0-31, the opmask registers and (vzeroupper) the upper
+// halves.  So the bodies read XINUSE (xgetbv with ecx=1) and save, with
+// plain moves, exactly the components that are not in their initial state:
+//   always          xmm0-15 (entry: xmm0-7) and MXCSR (mid-function only)
+//   AVX (bit 2)     ymm0-15 (entry: ymm0-7)
+//   ZMM_Hi256 (6)   zmm0-15 (entry: zmm0-7)
+//   opmask (5)      k0-7 (mid-function only)
+//   Hi16_ZMM (7)    zmm16-31 (mid-function only)
+// At a function's entry the System V ABI makes every vector register
+// caller-saved except the argument registers (x/y/zmm0-7) and MXCSR's
+// control bits (callee-saved, so a handler restores them itself): the entry
+// body saves only those.  XSAVE is never used: on these machines it costs
+// ~150 ns against ~10 ns for the moves.  Not preserved: the x87 register
+// stack (a handler using long double at a probe inside x87 code could
+// overflow it) and AMX tiles.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <span>
+
+#include "arch/x86_64/optimizer_analysis.hpp"
+#include "ukprobes/error.hpp"
+#include "ukprobes/pt_regs.h"
+
+namespace ukp::x86 {
+
+// How far below the probed code's stack pointer the body builds its frame:
+// room for a pre-handler that lowers regs.sp (say, to push a return address)
+// before redirecting; see trampoline.cpp.
+inline constexpr std::uint64_t handler_stack_allowance = 1024 - 16;
+
+enum class BodyKind : std::uint8_t { Entry, Middle, Post };
+
+// The stub for `region`, to live at `stub_address`.  `post_after_first`
+// inserts the post-handler call after the first DCR instruction.
+// Errc::OutOfRange when a relocated operand cannot reach; InvalidArgument
+// when it does not fit in `out`.
+struct StubLayout;
+[[nodiscard]] Result<std::size_t> build_stub(const DisplacedRegion& region, std::uint64_t stub_address,
+                                             const void* point, BodyKind pre_body, bool post_after_first,
+                                             std::span<std::uint8_t> out, StubLayout* layout);
+
+// The 5 bytes that replace the DCR's first bytes: jmp rel32 -> stub.
+[[nodiscard]] Result<std::array<std::uint8_t, optimized_jump_length>> jump_to_stub(std::uint64_t probe_address,
+                                                                                   std::uint64_t stub_address);
+
+// Where the bodies are, for grace periods (a thread there may be on its way
+// back into some stub).
+[[nodiscard]] bool is_in_trampoline_body(std::uint64_t pc) noexcept;
+
+// The bodies read XINUSE with xgetbv(ecx=1); without it nothing is optimized.
+[[nodiscard]] bool cpu_supports_trampolines() noexcept;
+
+// Where in a stub `pc` is (for a fault in a relocated instruction): the
+// original address of the instruction being executed, or 0.
+struct StubLayout {
+    std::uint64_t stub = 0;
+    std::uint8_t copy_offset[8] = {};  // stub offset of each relocated DCR instruction
+    std::uint8_t copy_length[8] = {};
+    std::uint64_t original[8] = {};
+    std::uint8_t original_length[8] = {};
+    std::uint8_t count = 0;
+};
+
+}  // namespace ukp::x86
+
+// The C++ side of the bodies (src/core/dispatch.cpp).  `regs->orig_ax`
+// carries the stub's data address on entry.  Returns where to continue.
+extern "C" std::uint64_t ukp_optimized_pre_hit(pt_regs* regs);
+extern "C" std::uint64_t ukp_optimized_post_hit(pt_regs* regs);

@@ -1,0 +1,218 @@
+// Optimizing probes: from int3 to a jump into a trampoline, and back.
+//
+// Optimizing a batch of points, step by step (registry lock held; every
+// point is armed with its breakpoint already, and the cores are synced):
+//   1. Decide: the switches allow it, the function's bounds are known, the
+//      architecture's analysis of the whole function accepts the displaced
+//      code region (DCR), and no other probe point lies inside the DCR.
+//   2. Write the trampoline stub, then mark the point Pending.  From now on
+//      a thread that hits the breakpoint is sent to the trampoline, which
+//      runs the handlers and the whole DCR and returns past it: no thread
+//      enters the DCR's interior any more.
+//   3. Sync cores, and wait for threads inside the dispatcher: a thread that
+//      looked at the point before step 2 may still be sent into its XOL
+//      slot, whose copy jumps back into the DCR's interior.
+//   4. Sample every thread's program counter.  A point is patched only if
+//      no thread is inside its DCR past the first byte or inside its XOL
+//      slot; otherwise it stays Pending (hits still take the trampoline)
+//      and is tried again at the next registry operation.
+//   5. Write bytes 1..4 of the jump (the breakpoint still guards byte 0),
+//      sync; write byte 0 (E9), sync.  The point is Optimized.
+//
+// Unoptimizing (disable, unregister, a new probe inside the DCR, a changed
+// handler set):
+//   1. Write the breakpoint over the jump's first byte, sync: a thread that
+//      arrives traps, and the dispatcher still sends it to the trampoline.
+//   2. Write back the original bytes 1..4, sync.
+//   3. Mark the point None: the int3 path takes over.  The stub is retired
+//      and freed after a grace period (no thread in it, none in the shared
+//      trampoline code, none in the dispatcher).
+// Known gap (as for XOL slots): a thread interrupted inside a DCR by a
+// signal whose handler is still running shows the handler's PC, so step 4
+// cannot see it.
+#include <algorithm>
+#include <fmt/format.h>
+
+#include "core/engine.hpp"
+
+namespace ukp::core {
+
+void Engine::set_optimization(bool enabled) {
+    std::lock_guard lock(lock_);
+    optimization_enabled_ = enabled;
+    Batch batch;
+    std::vector<ProbePoint*> points;
+    table.for_each([&](ProbePoint* point) { points.push_back(point); });
+    for (ProbePoint* point : points) {
+        if (!enabled && point->optimization.load() != Optimization::None)
+            (void)unoptimize_locked(*point, batch, "optimization is switched off");
+        if (enabled) batch.touched.push_back(point);
+    }
+    (void)finish_batch_locked(batch);
+}
+
+std::size_t Engine::optimize_pending() {
+    std::lock_guard lock(lock_);
+    complete_optimizations_locked();
+    return pending_optimizations_.size();
+}
+
+std::string Engine::why_not_optimize_locked(const ProbePoint& point) {
+    if (!optimization_enabled_) return "optimization is switched off";
+    if (!arch::can_use_trampolines()) return "this CPU cannot run trampolines (no XGETBV with ECX=1)";
+    const HandlerList* list = point.handlers.load(std::memory_order_relaxed);
+    if (list == nullptr || list->probes.empty()) return "no probe";
+    for (const ProbeRecord* record : list->probes)
+        if (record->no_optimize) return "a probe asks for no optimization (UKP_NO_OPTIMIZE)";
+    return {};
+}
+
+void Engine::optimize_locked(std::vector<ProbePoint*> points) {
+    std::sort(points.begin(), points.end());
+    points.erase(std::unique(points.begin(), points.end()), points.end());
+    Batch batch;
+    std::vector<ProbePoint*> ready;
+    for (ProbePoint* point : points) {
+        // Step 1: decide.
+        if (table.find(point->address) != point || !point->armed) continue;
+        if (point->optimization.load() != Optimization::None) continue;
+        if (auto reason = why_not_optimize_locked(*point); !reason.empty()) {
+            point->not_optimized = std::move(reason);
+            continue;
+        }
+        auto function = symbols_locked().function_containing(point->address);
+        if (!function || function->size == 0) {
+            point->not_optimized = "no function symbol gives the bounds of the code around the probe";
+            continue;
+        }
+        auto code = read_original_code(function->address, function->size);
+        const HandlerList* list = point->handlers.load(std::memory_order_relaxed);
+        auto plan = arch::plan_optimization(code, function->address, point->address, list->has_post_handler);
+        if (!plan) {
+            point->not_optimized = std::move(plan.error());
+            continue;
+        }
+        std::uint64_t start = arch::region_start(*plan);
+        std::size_t length = arch::region_length(*plan);
+        std::string inside;
+        for (std::uint64_t address = start + 1; address < start + length && inside.empty(); ++address)
+            if (table.find(address)) inside = fmt::format("the probe at {:#x} lies inside the displaced region", address);
+        if (!inside.empty()) {
+            point->not_optimized = std::move(inside);
+            continue;
+        }
+        // Step 2: the stub, then Pending.
+        auto stub = slots.allocate(start, start + length);
+        if (!stub) {
+            point->not_optimized = stub.error().message;
+            continue;
+        }
+        std::array<std::uint8_t, arch::slot_size> stub_code{};
+        if (auto built = arch::build_trampoline(*plan, *stub, point, stub_code); !built) {
+            slots.release(*stub);
+            point->not_optimized = built.error().message;
+            continue;
+        }
+        if (auto written = batch.write(*stub, stub_code); !written) {
+            slots.release(*stub);
+            point->not_optimized = written.error().message;
+            continue;
+        }
+        point->optimized = std::move(*plan);
+        point->trampoline.store(*stub, std::memory_order_release);
+        slots.set_owner(*stub, point);
+        point->optimization.store(Optimization::Pending, std::memory_order_seq_cst);
+        point->not_optimized = "waiting for threads to leave the displaced region";
+        ready.push_back(point);
+    }
+    if (batch.code_changed) (void)os::sync_all_cores();
+    pending_optimizations_.insert(pending_optimizations_.end(), ready.begin(), ready.end());
+    complete_optimizations_locked();
+}
+
+void Engine::complete_optimizations_locked() {
+    std::erase_if(pending_optimizations_, [&](ProbePoint* point) {
+        return table.find(point->address) != point || point->optimization.load() != Optimization::Pending;
+    });
+    if (pending_optimizations_.empty()) return;
+    // Step 3.
+    if (called_from_handler()) return;
+    wait_for_dispatchers();
+    // Step 4.
+    auto pcs = sample_all_thread_pcs();
+    if (!pcs) return;
+    std::vector<ProbePoint*> clear;
+    for (ProbePoint* point : pending_optimizations_) {
+        std::uint64_t start = arch::region_start(point->optimized);
+        std::uint64_t end = start + arch::region_length(point->optimized);
+        bool occupied = std::any_of(pcs->begin(), pcs->end(), [&](std::uint64_t pc) {
+            return (pc > start && pc < end) || (pc >= point->slot && pc < point->slot + arch::slot_size);
+        });
+        if (!occupied) clear.push_back(point);
+    }
+    if (clear.empty()) return;
+    // Step 5.
+    Batch batch;
+    std::vector<ProbePoint*> patched;
+    for (ProbePoint* point : clear) {
+        auto jump = arch::optimized_jump(point->optimized, point->trampoline);
+        if (!jump) {
+            point->not_optimized = jump.error().message;
+            continue;
+        }
+        if (auto written = batch.write(point->address + 1, std::span(*jump).subspan(1)); !written) {
+            point->not_optimized = written.error().message;
+            continue;
+        }
+        patched.push_back(point);
+    }
+    (void)os::sync_all_cores();
+    for (ProbePoint* point : patched) {
+        auto jump = arch::optimized_jump(point->optimized, point->trampoline);
+        if (auto written = batch.write(point->address, std::span(*jump).first(1)); !written) {
+            point->not_optimized = written.error().message;
+            continue;
+        }
+        point->optimization.store(Optimization::Optimized, std::memory_order_seq_cst);
+        point->not_optimized.clear();
+    }
+    (void)os::sync_all_cores();
+    std::erase_if(pending_optimizations_, [](ProbePoint* point) {
+        return point->optimization.load() == Optimization::Optimized;
+    });
+}
+
+Result<void> Engine::unoptimize_locked(ProbePoint& point, Batch& batch, std::string reason) {
+    Optimization state = point.optimization.load();
+    if (state == Optimization::None) return {};
+    if (state == Optimization::Optimized) {
+        // Steps 1 and 2.
+        if (auto written = batch.write(point.address, arch::breakpoint_bytes); !written) return written;
+        if (auto synced = os::sync_all_cores(); !synced) return synced;
+        std::span<const std::uint8_t> original(point.optimized.original);
+        if (auto written = batch.write(point.address + 1, original.subspan(1, arch::optimized_jump_length - 1));
+            !written)
+            return written;
+        if (auto synced = os::sync_all_cores(); !synced) return synced;
+    }
+    // Step 3.
+    point.optimization.store(Optimization::None, std::memory_order_seq_cst);
+    std::erase(pending_optimizations_, &point);
+    retired_trampolines_.push_back(point.trampoline.load());
+    point.not_optimized = std::move(reason);
+    return {};
+}
+
+void Engine::unoptimize_enclosing_locked(std::uint64_t address, Batch& batch) {
+    // A DCR is shorter than 5 + 15 bytes: look back that far for its start.
+    for (std::uint64_t back = 1; back < arch::optimized_jump_length + arch::max_insn_length; ++back) {
+        if (address < back) break;
+        ProbePoint* point = table.find(address - back);
+        if (point == nullptr || point->optimization.load() == Optimization::None) continue;
+        if (address < point->address + arch::region_length(point->optimized))
+            (void)unoptimize_locked(*point, batch,
+                                    fmt::format("the probe at {:#x} lies inside the displaced region", address));
+    }
+}
+
+}  // namespace ukp::core
