@@ -104,12 +104,13 @@ Result<void> Engine::initialize_locked() {
             bool linked_into_executable = module == &index.modules().front();
             if (!linked_into_executable) {
                 for (const auto& segment : module->executable_segments)
-                    blacklist_.emplace_back(segment.start, segment.end);
+                    own_code_.emplace_back(segment.start, segment.end);
             } else if (auto ours = index.match_functions(module->name, "*3ukp*"); ours) {
                 // Linked statically: only our functions, not the program's.
                 for (const auto& symbol : *ours)
-                    blacklist_.emplace_back(symbol.address, symbol.address + std::max<std::uint64_t>(symbol.size, 1));
+                    own_code_.emplace_back(symbol.address, symbol.address + std::max<std::uint64_t>(symbol.size, 1));
             }
+            blacklist_.insert(blacklist_.end(), own_code_.begin(), own_code_.end());
         }
     }
     // glibc's __restore_rt: every signal handler returns through it.
@@ -365,26 +366,38 @@ std::size_t Engine::reclaim_locked() {
     release_exited_thread_records();
     auto pcs = sample_thread_pcs();
     if (!pcs) return retired_points_.size() + retired_trampolines_.size();
-    // A thread in the shared trampoline code may be on its way back into any
-    // stub: stubs wait while one is there.
-    bool in_trampoline_code = std::any_of(pcs->begin(), pcs->end(), arch::is_in_trampoline_code);
+    // A thread in the shared trampoline code, or in our own code before the
+    // dispatcher counts it (the prologue of the trampoline's C entry), may be
+    // on its way into any stub and the point it names: stubs wait while one
+    // is there, and a point waits for every stub that names it.
+    bool in_our_code = std::any_of(pcs->begin(), pcs->end(), [&](std::uint64_t pc) {
+        return arch::is_in_trampoline_code(pc) || is_own_code(pc);
+    });
     auto occupied = [&](std::uint64_t start) {
         return std::any_of(pcs->begin(), pcs->end(),
                            [&](std::uint64_t pc) { return pc >= start && pc < start + arch::slot_size; });
     };
     std::erase_if(retired_trampolines_, [&](std::uint64_t stub) {
-        if (in_trampoline_code || occupied(stub)) return false;
+        if (in_our_code || occupied(stub)) return false;
         slots.release(stub);
         return true;
     });
     std::erase_if(retired_points_, [&](ProbePoint* point) {
         if (occupied(point->slot)) return false;
+        bool named_by_a_stub = std::any_of(retired_trampolines_.begin(), retired_trampolines_.end(),
+                                           [&](std::uint64_t stub) { return slots.owner_of(stub, nullptr) == point; });
+        if (named_by_a_stub) return false;
         slots.release(point->slot);
         delete point->handlers.load(std::memory_order_relaxed);
         delete point;
         return true;
     });
     return retired_points_.size() + retired_trampolines_.size();
+}
+
+bool Engine::is_own_code(std::uint64_t pc) const {
+    return std::any_of(own_code_.begin(), own_code_.end(),
+                       [&](const auto& range) { return pc >= range.first && pc < range.second; });
 }
 
 std::size_t Engine::reclaim() {

@@ -128,6 +128,7 @@ private:
     void publish_handlers_locked(ProbePoint& point, std::vector<ProbeRecord*> probes, Batch& batch);
     [[nodiscard]] Result<void> update_arming_locked(ProbePoint& point, Batch& batch);
     std::size_t reclaim_locked();
+    [[nodiscard]] bool is_own_code(std::uint64_t pc) const;
 
     // Optimization (optimizer.cpp).
     void optimize_locked(std::vector<ProbePoint*> points);
@@ -141,6 +142,7 @@ private:
     std::optional<elf::SymbolIndex> symbols_;
     unsigned long long symbols_generation_ = 0;
     std::vector<std::pair<std::uint64_t, std::uint64_t>> blacklist_;
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> own_code_;  // this library's code
 
     // Freed once no thread is inside the dispatcher (and, for points, once no
     // thread's program counter is inside their slot).
