@@ -29,6 +29,8 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <cstring>
+#include <map>
 #include <fmt/format.h>
 
 #include "core/thread_state.hpp"
@@ -46,6 +48,52 @@ bool RecentlyDisarmed::contains(std::uint64_t address) const noexcept {
     for (const auto& entry : addresses_)
         if (entry.load(std::memory_order_relaxed) == address) return true;
     return false;
+}
+
+Result<void> Engine::Batch::flush(std::vector<Write>& writes) {
+    if (writes.empty()) return {};
+    if (!writer_) {
+        auto opened = os::CodeWriter::open();
+        if (!opened) return std::unexpected(opened.error());
+        writer_.emplace(std::move(*opened));
+    }
+    // Split at page boundaries and group by page, keeping queue order.
+    const std::uint64_t page = os::page_size();
+    std::map<std::uint64_t, std::vector<std::pair<std::uint64_t, std::span<const std::uint8_t>>>> pages;
+    for (const auto& write : writes) {
+        std::span<const std::uint8_t> rest(write.bytes);
+        for (std::uint64_t at = write.address; !rest.empty();) {
+            std::uint64_t page_start = at / page * page;
+            std::size_t here = std::min<std::size_t>(rest.size(), page_start + page - at);
+            pages[page_start].emplace_back(at, rest.first(here));
+            rest = rest.subspan(here);
+            at += here;
+        }
+    }
+    for (const auto& [page_start, parts] : pages) {
+        std::uint64_t low = UINT64_MAX, high = 0;
+        for (const auto& [at, bytes] : parts) {
+            low = std::min(low, at);
+            high = std::max(high, at + bytes.size());
+        }
+        // The bytes between writes are what is there now: code only changes
+        // under the registry lock, which we hold.
+        std::vector<std::uint8_t> span(high - low);
+        std::memcpy(span.data(), reinterpret_cast<const void*>(low), span.size());
+        for (const auto& [at, bytes] : parts) std::memcpy(span.data() + (at - low), bytes.data(), bytes.size());
+        if (auto written = writer_->write(low, span); !written) return written;
+    }
+    writes.clear();
+    changed_ = unsynced_ = true;
+    return {};
+}
+
+Result<void> Engine::Batch::sync() {
+    if (auto flushed = flush(slot_writes_); !flushed) return flushed;
+    if (auto flushed = flush(text_writes_); !flushed) return flushed;
+    if (!unsynced_) return {};
+    unsynced_ = false;
+    return os::sync_all_cores();
 }
 
 Engine& Engine::instance() {
@@ -172,10 +220,22 @@ Result<std::uint64_t> Engine::resolve_locked(const ProbeTarget& target) {
 
 std::vector<std::uint8_t> Engine::read_original_code(std::uint64_t address, std::size_t length) const {
     std::vector<std::uint8_t> code(length);
-    // Read what is readable; a function near the end of a mapping is shorter.
-    std::size_t readable = length;
-    while (readable > 0 && !os::safe_read(address, code.data(), readable)) --readable;
-    code.resize(readable);
+    // Inside a module's executable segment the bytes are mapped and
+    // readable: copy them directly, up to the segment's end.  Elsewhere read
+    // what is readable without risking a fault (one system call).
+    const elf::Segment* segment = nullptr;
+    if (symbols_)
+        if (const auto* module = symbols_->module_containing(address))
+            for (const auto& candidate : module->executable_segments)
+                if (address >= candidate.start && address < candidate.end) segment = &candidate;
+    if (segment) {
+        code.resize(std::min<std::uint64_t>(length, segment->end - address));
+        std::memcpy(code.data(), reinterpret_cast<const void*>(address), code.size());
+    } else {
+        std::size_t readable = length;
+        while (readable > 0 && !os::safe_read(address, code.data(), readable)) --readable;
+        code.resize(readable);
+    }
     // Our breakpoints and jumps are not the program's code: put the original
     // bytes back.  Only bytes that could be ours need a table lookup.
     for (std::size_t i = 0; i < code.size(); ++i) {
@@ -204,7 +264,11 @@ void Engine::add_blacklist_range(std::uint64_t start, std::uint64_t end) {
 }
 
 Result<void> Engine::check_probe_address_locked(std::uint64_t address) {
-    auto executable = elf::is_executable_range(address, 1);
+    // Module code is checked against its executable segments; only other
+    // addresses (JIT code, anonymous mappings) need /proc/self/maps, which
+    // costs tens of microseconds to read.
+    bool in_module = symbols_locked().module_containing(address) != nullptr;
+    auto executable = in_module ? Result<bool>(true) : elf::is_executable_range(address, 1);
     if (!executable) return std::unexpected(executable.error());
     if (!*executable)
         return make_error(Errc::NotExecutable, fmt::format("address {} is not in an executable mapping", hex(address)));
@@ -240,10 +304,7 @@ Result<ProbePoint*> Engine::create_point_locked(std::uint64_t address, Batch& ba
         slots.release(*slot);
         return std::unexpected(built.error());
     }
-    if (auto written = batch.write(*slot, slot_code); !written) {
-        slots.release(*slot);
-        return std::unexpected(written.error());
-    }
+    batch.write_slot(*slot, slot_code);
     auto* point = new ProbePoint();
     point->address = address;
     std::copy_n(code.begin(), std::min(code.size(), point->original.size()), point->original.begin());
@@ -275,13 +336,11 @@ Result<void> Engine::update_arming_locked(ProbePoint& point, Batch& batch) {
                   });
     if (wanted == point.armed) return {};
     if (wanted) {
-        if (auto written = batch.write(point.address, arch::breakpoint_bytes); !written) return written;
+        batch.write_text(point.address, arch::breakpoint_bytes);
     } else {
         // A jump cannot be turned back into the original byte directly.
         if (auto unoptimized = unoptimize_locked(point, batch, "disarmed"); !unoptimized) return unoptimized;
-        if (auto written = batch.write(point.address, std::span(point.original.data(), arch::breakpoint_bytes.size()));
-            !written)
-            return written;
+        batch.write_text(point.address, std::span(point.original.data(), arch::breakpoint_bytes.size()));
         recently_disarmed.add(point.address);
     }
     point.armed = wanted;
@@ -339,7 +398,7 @@ void Engine::unregister_one_locked(ProbeRecord& record, Batch& batch) {
 
 Result<void> Engine::finish_batch_locked(Batch& batch) {
     Result<void> synced{};
-    if (batch.code_changed) synced = os::sync_all_cores();
+    synced = batch.sync();
     for (ProbePoint* point : batch.points_to_remove) {
         table.remove(point->address);
         retired_points_.push_back(point);

@@ -97,23 +97,37 @@ public:
 
 private:
     Engine() = default;
-    // Code writes of one registry operation, sharing one /proc/self/mem
-    // descriptor and, at the end, one core sync.
-    struct Batch {
-        std::optional<os::CodeWriter> writer;
-        bool code_changed = false;
+    // Code writes of one registry operation.  Writes are queued and go out
+    // at sync(), merged so that all writes to one page cost one pwrite of
+    // /proc/self/mem (registering thousands of probes would otherwise pay
+    // a system call per byte patched), followed by one core sync.
+    // Ordering: slot memory (slots and stubs, which nothing reaches yet)
+    // is written before program text (breakpoints and jumps, which make
+    // them reachable); within a class, later writes win.
+    class Batch {
+    public:
+        void write_slot(std::uint64_t address, std::span<const std::uint8_t> bytes) { queue(slot_writes_, address, bytes); }
+        void write_text(std::uint64_t address, std::span<const std::uint8_t> bytes) { queue(text_writes_, address, bytes); }
+        // Writes everything queued, then makes every thread see it.
+        [[nodiscard]] Result<void> sync();
+        [[nodiscard]] bool has_changes() const { return changed_; }
+
         std::vector<ProbePoint*> points_to_remove;
         std::vector<ProbePoint*> touched;  // candidates for (re)optimization
 
-        [[nodiscard]] Result<void> write(std::uint64_t address, std::span<const std::uint8_t> bytes) {
-            if (!writer) {
-                auto opened = os::CodeWriter::open();
-                if (!opened) return std::unexpected(opened.error());
-                writer.emplace(std::move(*opened));
-            }
-            code_changed = true;
-            return writer->write(address, bytes);
+    private:
+        struct Write {
+            std::uint64_t address;
+            std::vector<std::uint8_t> bytes;
+        };
+        static void queue(std::vector<Write>& writes, std::uint64_t address, std::span<const std::uint8_t> bytes) {
+            writes.push_back({address, {bytes.begin(), bytes.end()}});
         }
+        [[nodiscard]] Result<void> flush(std::vector<Write>& writes);
+        std::vector<Write> slot_writes_, text_writes_;
+        std::optional<os::CodeWriter> writer_;
+        bool changed_ = false;   // anything written by this batch
+        bool unsynced_ = false;  // written since the last core sync
     };
 
     [[nodiscard]] Result<void> initialize_locked();

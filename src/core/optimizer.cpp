@@ -72,6 +72,7 @@ void Engine::optimize_locked(std::vector<ProbePoint*> points) {
     points.erase(std::unique(points.begin(), points.end()), points.end());
     Batch batch;
     std::vector<ProbePoint*> ready;
+    std::vector<std::uint64_t> stubs;
     for (ProbePoint* point : points) {
         // Step 1: decide.
         if (table.find(point->address) != point || !point->armed) continue;
@@ -113,19 +114,28 @@ void Engine::optimize_locked(std::vector<ProbePoint*> points) {
             point->not_optimized = built.error().message;
             continue;
         }
-        if (auto written = batch.write(*stub, stub_code); !written) {
-            slots.release(*stub);
-            point->not_optimized = written.error().message;
-            continue;
-        }
+        batch.write_slot(*stub, stub_code);
         point->optimized = std::move(*plan);
-        point->trampoline.store(*stub, std::memory_order_release);
         slots.set_owner(*stub, point);
+        ready.push_back(point);
+        stubs.push_back(*stub);
+    }
+    // The stubs must be in memory before anything is sent to them.
+    if (auto synced = batch.sync(); !synced) {
+        for (std::size_t i = 0; i < ready.size(); ++i) {
+            retired_trampolines_.push_back(stubs[i]);
+            ready[i]->not_optimized = synced.error().message;
+        }
+        return;
+    }
+    // Only now may a thread that hits the breakpoint find the stub: publish
+    // its address, then the state that makes the dispatcher use it.
+    for (std::size_t i = 0; i < ready.size(); ++i) {
+        ProbePoint* point = ready[i];
+        point->trampoline.store(stubs[i], std::memory_order_seq_cst);
         point->optimization.store(Optimization::Pending, std::memory_order_seq_cst);
         point->not_optimized = "waiting for threads to leave the displaced region";
-        ready.push_back(point);
     }
-    if (batch.code_changed) (void)os::sync_all_cores();
     pending_optimizations_.insert(pending_optimizations_.end(), ready.begin(), ready.end());
     complete_optimizations_locked();
 }
@@ -160,23 +170,25 @@ void Engine::complete_optimizations_locked() {
             point->not_optimized = jump.error().message;
             continue;
         }
-        if (auto written = batch.write(point->address + 1, std::span(*jump).subspan(1)); !written) {
-            point->not_optimized = written.error().message;
-            continue;
-        }
+        batch.write_text(point->address + 1, std::span(*jump).subspan(1));
         patched.push_back(point);
     }
-    (void)os::sync_all_cores();
+    if (auto synced = batch.sync(); !synced) {
+        for (ProbePoint* point : patched) point->not_optimized = synced.error().message;
+        return;
+    }
     for (ProbePoint* point : patched) {
         auto jump = arch::optimized_jump(point->optimized, point->trampoline);
-        if (auto written = batch.write(point->address, std::span(*jump).first(1)); !written) {
-            point->not_optimized = written.error().message;
-            continue;
-        }
+        batch.write_text(point->address, std::span(*jump).first(1));
+    }
+    if (auto synced = batch.sync(); !synced) {
+        for (ProbePoint* point : patched) point->not_optimized = synced.error().message;
+        return;
+    }
+    for (ProbePoint* point : patched) {
         point->optimization.store(Optimization::Optimized, std::memory_order_seq_cst);
         point->not_optimized.clear();
     }
-    (void)os::sync_all_cores();
     std::erase_if(pending_optimizations_, [](ProbePoint* point) {
         return point->optimization.load() == Optimization::Optimized;
     });
@@ -187,13 +199,11 @@ Result<void> Engine::unoptimize_locked(ProbePoint& point, Batch& batch, std::str
     if (state == Optimization::None) return {};
     if (state == Optimization::Optimized) {
         // Steps 1 and 2.
-        if (auto written = batch.write(point.address, arch::breakpoint_bytes); !written) return written;
-        if (auto synced = os::sync_all_cores(); !synced) return synced;
+        batch.write_text(point.address, arch::breakpoint_bytes);
+        if (auto synced = batch.sync(); !synced) return synced;
         std::span<const std::uint8_t> original(point.optimized.original);
-        if (auto written = batch.write(point.address + 1, original.subspan(1, arch::optimized_jump_length - 1));
-            !written)
-            return written;
-        if (auto synced = os::sync_all_cores(); !synced) return synced;
+        batch.write_text(point.address + 1, original.subspan(1, arch::optimized_jump_length - 1));
+        if (auto synced = batch.sync(); !synced) return synced;
     }
     // Step 3.
     point.optimization.store(Optimization::None, std::memory_order_seq_cst);
