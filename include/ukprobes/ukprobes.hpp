@@ -31,6 +31,7 @@
 #include <functional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "ukprobes/error.hpp"
@@ -116,6 +117,17 @@ struct ProbeInfo {
 // "ADDRESS  k  WHERE  KIND  [OPTIMIZED] [DISABLED]", counters, and why a
 // probe is not optimized.
 [[nodiscard]] std::string format_probe_list();
+
+// Functions of the loaded modules whose names match a shell glob
+// ("sqlite3_*"), in `module` ("libz.so.1") or in every module when empty;
+// sorted by address.  What a user probes a whole library with.
+struct FunctionSymbol {
+    std::string name;
+    std::string module;
+    std::uint64_t address;
+    std::uint64_t size;
+};
+[[nodiscard]] Result<std::vector<FunctionSymbol>> find_functions(std::string_view module, std::string_view pattern);
 
 // Code that must never be probed, in addition to ukprobes' own code and the
 // signal return trampoline (the kernel's NOKPROBE_SYMBOL).

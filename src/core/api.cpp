@@ -159,6 +159,16 @@ UKP_API std::string format_probe_list() {
     return text;
 }
 
+UKP_API Result<std::vector<FunctionSymbol>> find_functions(std::string_view module, std::string_view pattern) {
+    auto found = core::Engine::instance().find_functions(module, pattern);
+    if (!found) return std::unexpected(found.error());
+    std::vector<FunctionSymbol> functions;
+    functions.reserve(found->size());
+    for (auto& symbol : *found)
+        functions.push_back({std::move(symbol.name), std::move(symbol.module), symbol.address, symbol.size});
+    return functions;
+}
+
 UKP_API void blacklist_range(std::uint64_t start, std::uint64_t end) {
     core::Engine::instance().add_blacklist_range(start, end);
 }

@@ -258,6 +258,11 @@ bool Engine::is_blacklisted(std::uint64_t address, std::size_t length) {
     return false;
 }
 
+Result<std::vector<elf::Symbol>> Engine::find_functions(std::string_view module, std::string_view pattern) {
+    std::lock_guard lock(lock_);
+    return symbols_locked().match_functions(module, pattern);
+}
+
 void Engine::add_blacklist_range(std::uint64_t start, std::uint64_t end) {
     std::lock_guard lock(lock_);
     blacklist_.emplace_back(start, end);
@@ -391,7 +396,13 @@ void Engine::unregister_one_locked(ProbeRecord& record, Batch& batch) {
     publish_handlers_locked(*point, std::move(probes), batch);
     // A failed write leaves the breakpoint in place; the point then stays in
     // the table with no records, which is harmless (hits run no handler).
-    if (update_arming_locked(*point, batch) && last) batch.points_to_remove.push_back(point);
+    if (update_arming_locked(*point, batch) && last) {
+        batch.points_to_remove.push_back(point);
+        // A probe whose displaced region held this one may be optimized now.
+        for (std::uint64_t back = 1; back < arch::optimized_jump_length + arch::max_insn_length; ++back)
+            if (back <= point->address)
+                if (ProbePoint* enclosing = table.find(point->address - back)) batch.touched.push_back(enclosing);
+    }
     if (!last) batch.touched.push_back(point);
     record.point = nullptr;
 }

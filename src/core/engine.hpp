@@ -75,6 +75,7 @@ public:
     [[nodiscard]] Result<void> set_enabled(ProbeRecord& record, bool enabled);
     [[nodiscard]] Result<std::uint64_t> resolve(const ProbeTarget& target);
     [[nodiscard]] std::vector<ProbeListing> list();
+    [[nodiscard]] Result<std::vector<elf::Symbol>> find_functions(std::string_view module, std::string_view pattern);
     void add_blacklist_range(std::uint64_t start, std::uint64_t end);
     [[nodiscard]] bool is_blacklisted(std::uint64_t address, std::size_t length);
     // Frees what earlier unregistrations left for later; returns how many

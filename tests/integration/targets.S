@@ -216,6 +216,101 @@ single_step_first:
         ret
 END single_step_run
 
+# --- Optimized probes -------------------------------------------------------
+
+# int opt_plain(int x) { return x + 3; }: a 5-byte region at the entry and
+# another at +2; nothing branches into either.
+FUNCTION opt_plain
+        mov eax, edi                    # 89 f8
+        .globl opt_plain_second
+opt_plain_second:
+        add eax, 1                      # 83 c0 01
+        add eax, 2                      # 83 c0 02
+        ret
+END opt_plain
+
+# int opt_branch_into(int x): loops back to +2, inside the entry's region.
+FUNCTION opt_branch_into
+        mov eax, edi                    # 89 f8
+1:      add eax, 1                      # 83 c0 01  <- jl target
+        cmp eax, 10
+        jl 1b
+        ret
+END opt_branch_into
+
+# int opt_call_in_region(int x) { return add_one(x); } with the call inside
+# the entry's region.
+FUNCTION opt_call_in_region
+        sub rsp, 8                      # 48 83 ec 08
+        call add_one                    # e8 rel32
+        add rsp, 8
+        ret
+END opt_call_in_region
+
+# int opt_indirect_jump(int x) { return x + 1; } through `jmp rcx`.
+FUNCTION opt_indirect_jump
+        mov eax, edi
+        add eax, 1
+        lea rcx, [rip + 1f]
+        jmp rcx                         # ff e1: targets unknown to the analysis
+        ud2
+1:      ret
+END opt_indirect_jump
+
+# int opt_too_short(void) { return 0; }: 3 bytes.
+FUNCTION opt_too_short
+        xor eax, eax
+        ret
+END opt_too_short
+
+# int opt_load(const int *p) { return *p; }: the load is in the region.
+FUNCTION opt_load
+        mov eax, dword ptr [rdi]        # 8b 07: faults in the stub on a bad pointer
+        add eax, 0                      # 83 c0 00
+        ret
+END opt_load
+
+# void vector_clobber_run(const void *in, void *out): ymm0-15 from in
+# (16 x 32 bytes), a mid-function probe site, ymm0-15 to out.
+FUNCTION vector_clobber_run
+        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+        vmovdqu ymm\i, [rdi + 32*\i]
+        .endr
+        .globl vector_clobber_site
+vector_clobber_site:
+        lea r11, [r11 + 0]              # 4d 8d 5b 00
+        nop
+        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+        vmovdqu [rsi + 32*\i], ymm\i
+        .endr
+        vzeroupper
+        ret
+END vector_clobber_run
+
+# An entry probe site: the ABI's argument registers (ymm0-7) are live.
+FUNCTION vector_entry_function
+        lea r11, [r11 + 0]
+        nop
+        ret
+END vector_entry_function
+
+# void vector_entry_run(const void *in, void *out): ymm0-7 from in, a call
+# to vector_entry_function, ymm0-7 to out.
+FUNCTION vector_entry_run
+        push rbx
+        mov rbx, rsi
+        .irp i, 0,1,2,3,4,5,6,7
+        vmovdqu ymm\i, [rdi + 32*\i]
+        .endr
+        call vector_entry_function
+        .irp i, 0,1,2,3,4,5,6,7
+        vmovdqu [rbx + 32*\i], ymm\i
+        .endr
+        vzeroupper
+        pop rbx
+        ret
+END vector_entry_run
+
         .data
         .p2align 3
         .globl riprel_value

@@ -29,6 +29,18 @@ struct clobber_state {
 void clobber_run(const clobber_state* in, clobber_state* out);
 extern char clobber_site_boost[], clobber_site_emulate[], clobber_site_post[], clobber_site_end[];
 
+int opt_plain(int x);
+extern char opt_plain_second[];
+int opt_branch_into(int x);
+int opt_call_in_region(int x);
+int opt_indirect_jump(int x);
+int opt_too_short(void);
+int opt_load(const int* p);
+void vector_clobber_run(const void* in, void* out);
+extern char vector_clobber_site[];
+void vector_entry_function(void);
+void vector_entry_run(const void* in, void* out);
+
 void single_step_run(void);
 extern char single_step_first[];
 }
