@@ -74,6 +74,9 @@ unsigned long kprobe_nhit(const struct kprobe *p);
 const char *ukprobes_last_error(void);
 /* Never probe [start, end) (NOKPROBE_SYMBOL for ranges). */
 void ukprobes_blacklist_range(unsigned long start, unsigned long end);
+/* Never probe the whole function that holds `address` (its ELF symbol's size
+ * bounds it; resolved when probes are placed). */
+void ukprobes_blacklist_function(unsigned long address);
 
 static inline int kprobe_disabled(const struct kprobe *p)
 {
@@ -98,7 +101,7 @@ static inline int kprobe_disabled(const struct kprobe *p)
 #define NOKPROBE_SYMBOL(fname)                                                           \
 	__attribute__((constructor)) static void ukprobes_nokprobe_##fname(void)         \
 	{                                                                                \
-		ukprobes_blacklist_range((unsigned long)(fname), (unsigned long)(fname) + 1); \
+		ukprobes_blacklist_function((unsigned long)(fname));                          \
 	}
 #if defined(__x86_64__) && !defined(CONFIG_X86)
 #define CONFIG_X86 1

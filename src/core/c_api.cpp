@@ -116,4 +116,8 @@ UKP_API void ukprobes_blacklist_range(unsigned long start, unsigned long end) {
     core::Engine::instance().add_blacklist_range(start, end);
 }
 
+UKP_API void ukprobes_blacklist_function(unsigned long address) {
+    core::Engine::instance().add_blacklist_function(address);
+}
+
 }  // extern "C"

@@ -24,6 +24,7 @@
 //      is inside the slot; until then they wait in retired_points_.
 #include "core/engine.hpp"
 
+#include <cxxabi.h>
 #include <dlfcn.h>
 #include <link.h>
 #include <pthread.h>
@@ -123,6 +124,14 @@ unsigned long long loaded_modules_generation() {
         },
         &generation);
     return generation;
+}
+
+// "parse_port(char const*, unsigned long)" rather than "_Z10parse_portPKcm".
+std::string demangle(const std::string& name) {
+    int status = 0;
+    std::unique_ptr<char, void (*)(void*)> readable(abi::__cxa_demangle(name.c_str(), nullptr, nullptr, &status),
+                                                    std::free);
+    return status == 0 && readable ? std::string(readable.get()) : name;
 }
 
 Result<std::uint64_t> resolve_ifunc(const elf::Symbol& symbol) {
@@ -255,7 +264,18 @@ std::vector<std::uint8_t> Engine::read_original_code(std::uint64_t address, std:
 bool Engine::is_blacklisted(std::uint64_t address, std::size_t length) {
     for (auto [start, end] : blacklist_)
         if (address < end && address + length > start) return true;
+    for (std::uint64_t inside : blacklisted_functions_) {
+        auto function = symbols_locked().function_containing(inside);
+        std::uint64_t start = function ? function->address : inside;
+        std::uint64_t end = function ? start + std::max<std::uint64_t>(function->size, 1) : inside + 1;
+        if (address < end && address + length > start) return true;
+    }
     return false;
+}
+
+void Engine::add_blacklist_function(std::uint64_t address) {
+    std::lock_guard lock(lock_);
+    blacklisted_functions_.push_back(address);
 }
 
 Result<std::vector<elf::Symbol>> Engine::find_functions(std::string_view module, std::string_view pattern) {
@@ -381,7 +401,8 @@ Result<void> Engine::register_one_locked(ProbeRecord& record, const ProbeTarget&
     record.point = point;
     record.address = *address;
     if (auto function = symbols_locked().function_containing(*address))
-        record.where = fmt::format("{}+{:#x} [{}]", function->name, *address - function->address, function->module);
+        record.where = fmt::format("{}+{:#x} [{}]", demangle(function->name), *address - function->address,
+                                   function->module);
     else
         record.where = hex(*address);
     return update_arming_locked(*point, batch);

@@ -77,6 +77,9 @@ public:
     [[nodiscard]] std::vector<ProbeListing> list();
     [[nodiscard]] Result<std::vector<elf::Symbol>> find_functions(std::string_view module, std::string_view pattern);
     void add_blacklist_range(std::uint64_t start, std::uint64_t end);
+    // The whole function holding `address`, bounded when probes are placed
+    // (NOKPROBE_SYMBOL runs before modules' symbols are worth reading).
+    void add_blacklist_function(std::uint64_t address);
     [[nodiscard]] bool is_blacklisted(std::uint64_t address, std::size_t length);
     // Frees what earlier unregistrations left for later; returns how many
     // slots are still waiting for threads to leave them.
@@ -158,6 +161,7 @@ private:
     unsigned long long symbols_generation_ = 0;
     std::vector<std::pair<std::uint64_t, std::uint64_t>> blacklist_;
     std::vector<std::pair<std::uint64_t, std::uint64_t>> own_code_;  // this library's code
+    std::vector<std::uint64_t> blacklisted_functions_;              // addresses inside them
 
     // Freed once no thread is inside the dispatcher (and, for points, once no
     // thread's program counter is inside their slot).

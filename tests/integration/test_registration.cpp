@@ -183,3 +183,28 @@ TEST(Registration, IfuncSymbolProbesTheBoundImplementation) {
 }
 
 }  // namespace
+
+extern "C" void ukprobes_blacklist_function(unsigned long address);  // what NOKPROBE_SYMBOL calls
+
+namespace {
+
+TEST(Registration, BlacklistedFunctionRefusesEveryOffsetInIt) {
+    ukprobes_blacklist_function(reinterpret_cast<unsigned long>(function_address(push_target)));
+    auto at_entry = probe_on("push_target");
+    EXPECT_EQ(refusal(at_entry), ukp::Errc::Blacklisted);
+    auto inside = probe_on("push_target", 6);  // pop rbx
+    EXPECT_EQ(refusal(inside), ukp::Errc::Blacklisted);
+    auto elsewhere = probe_on("jcc_target");
+    EXPECT_TRUE(ukp::register_kprobe(elsewhere));
+}
+
+TEST(Registration, ListingShowsDemangledNames) {
+    ukp::Kprobe probe{.symbol_name = "libstdc++.so.6:_ZNSt9exceptionD2Ev",
+                      .pre_handler = [](ukp::Kprobe&, ukp::Regs&) { return 0; }};
+    auto registered = ukp::register_kprobe(probe);
+    ASSERT_TRUE(registered) << registered.error().message;
+    EXPECT_NE(ukp::format_probe_list().find("std::exception::~exception()"), std::string::npos)
+        << ukp::format_probe_list();
+}
+
+}  // namespace
