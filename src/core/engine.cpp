@@ -170,8 +170,13 @@ Result<void> Engine::initialize_locked() {
             blacklist_.insert(blacklist_.end(), own_code_.begin(), own_code_.end());
         }
     }
-    // glibc's __restore_rt: every signal handler returns through it.
-    if (std::uint64_t restorer = os::signal_restorer_address()) blacklist_.emplace_back(restorer, restorer + 16);
+    // glibc's __restore_rt: every signal handler returns through it.  It is
+    // also "our code" for grace periods: a thread there resumes wherever its
+    // signal frame says, possibly in a slot.
+    if (std::uint64_t restorer = os::signal_restorer_address()) {
+        blacklist_.emplace_back(restorer, restorer + 16);
+        own_code_.emplace_back(restorer, restorer + 16);
+    }
     pthread_atfork(lock_registry_for_fork, unlock_registry_in_parent, unlock_registry_in_child);
     initialized_ = true;
     return {};
@@ -455,12 +460,17 @@ std::size_t Engine::reclaim_locked() {
     if (retired_points_.empty() && retired_trampolines_.empty()) return 0;
 
     release_exited_thread_records();
-    auto pcs = sample_thread_pcs();
+    // A thread reaches a stub through the jump without ever trapping, so it
+    // may have no record: stubs need every thread's PC.  XOL slots are only
+    // reached from the dispatcher, so threads with records suffice for them.
+    auto pcs = retired_trampolines_.empty() ? sample_thread_pcs() : sample_all_thread_pcs();
     if (!pcs) return retired_points_.size() + retired_trampolines_.size();
-    // A thread in the shared trampoline code, or in our own code before the
-    // dispatcher counts it (the prologue of the trampoline's C entry), may be
-    // on its way into any stub and the point it names: stubs wait while one
-    // is there, and a point waits for every stub that names it.
+    // A thread in the shared trampoline code, in our own code outside the
+    // dispatcher's count (the trampoline's C entry before it counts itself,
+    // the signal handler after it stopped counting), or in the signal
+    // restorer (its saved context may resume in any slot or stub): any of
+    // them may be on its way into any slot or stub, so nothing is freed
+    // while one is there.
     bool in_our_code = std::any_of(pcs->begin(), pcs->end(), [&](std::uint64_t pc) {
         return arch::is_in_trampoline_code(pc) || is_own_code(pc);
     });
@@ -474,7 +484,7 @@ std::size_t Engine::reclaim_locked() {
         return true;
     });
     std::erase_if(retired_points_, [&](ProbePoint* point) {
-        if (occupied(point->slot)) return false;
+        if (in_our_code || occupied(point->slot)) return false;
         bool named_by_a_stub = std::any_of(retired_trampolines_.begin(), retired_trampolines_.end(),
                                            [&](std::uint64_t stub) { return slots.owner_of(stub, nullptr) == point; });
         if (named_by_a_stub) return false;
