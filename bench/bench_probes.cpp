@@ -1,17 +1,25 @@
 // ukp_bench: what a probe hit and a registration cost.
 //
-// The figure that matters is a probe hit relative to the floor no int3-based
-// probe can beat: one int3, the kernel's SIGTRAP delivery to a handler that
-// does nothing, and rt_sigreturn.  Every benchmark reports its time per hit
-// and `ratio_vs_int3`, its time divided by that floor measured in the same
-// run.
+// Two floors frame every per-hit figure:
+//   - the jump floor (BM_JumpFloor): a hand-written `jmp rel32` to a
+//     trampoline that saves the general registers and the flags, calls an
+//     empty C function and jumps back.  No jump-based probe can be cheaper;
+//     the issue's targets are an optimized entry probe at most 1.5x this and a
+//     mid-function probe at most 2x.
+//   - the int3 floor (BM_RawInt3): one int3, the kernel's SIGTRAP delivery to
+//     a handler that does nothing, and rt_sigreturn.  No int3-based probe can
+//     be cheaper.
+// Every hit benchmark reports `vs_floor` and `vs_int3`, its time divided by
+// each floor measured in the same run, and the summary prints the issue's
+// targets with what this run measured.  A kernel uprobe on the same code
+// through tracefs (BM_KernelUprobe) is the baseline an optimized probe should
+// beat by at least 100x; it is skipped, with the reason, when tracefs is not
+// writable.
 //
-// Measuring the floor needs a SIGTRAP handler of our own, and once a probe is
-// registered ukprobes owns SIGTRAP: it interposes sigaction(), and a program
-// int3 reaches the program's handler only through ukprobes' trap handler,
-// which adds exactly the cost we want to leave out.  Running the floor first
-// would depend on benchmark order and filters, and going around the
-// interposition with a raw rt_sigaction would fight the library.  So:
+// Measuring the int3 floor needs a SIGTRAP handler of our own, and once a
+// probe is registered ukprobes owns SIGTRAP: it interposes sigaction(), and a
+// program int3 reaches the program's handler only through ukprobes' trap
+// handler, which adds exactly the cost we want to leave out.  So:
 //
 //   1. main() forks a child before anything registers a probe.  The child
 //      installs its SIGTRAP handler with plain sigaction(), which ukprobes
@@ -22,31 +30,38 @@
 //   3. BM_RawInt3 reports that time as manual time, so Google Benchmark's
 //      iteration control and statistics apply; the pipe round trip between
 //      batches is not counted.
-// RatioReporter divides every result by BM_RawInt3's and prints a summary.
-// Any single figure here moves by 10-20% with load on a small VM; the
-// defaults in main() (repetitions, interleaving, medians) damp that.
+// SummaryReporter holds every result until the end (with random
+// interleaving a floor may be reported after what it divides) and then
+// prints the console table and the summary.  Any single figure here moves by
+// 10-20% with load on a small VM; the defaults in main() (repetitions,
+// interleaving, medians) damp that.
 //
 // The probed functions are written in assembly so that the probed
-// instruction, and with it the way ukprobes handles it, is known exactly:
-// `mov %edi,%eax` is boosted (run out of line, jump back: one trap), `push
-// %rbp` is emulated (done inside the trap handler: one trap), and a
-// post-handler adds a second trap after the out-of-line instruction.
-// Each benchmark labels itself with the kind ukprobes reports, so a change in
-// that decision shows in the output.
+// instructions, and with them the way ukprobes handles them, are known
+// exactly.  Every probe benchmark checks the kind ukprobes reports for its
+// probe and fails (SkipWithError, naming the kind it got) when it is not the
+// kind the benchmark measures, so a change in that decision is visible
+// instead of silently measuring something else.  The int3 benchmarks keep
+// their probes on the int3 path with ukp::flag_no_optimize.
 #include <benchmark/benchmark.h>
 #include <fcntl.h>
+#include <link.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <expected>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "ukprobes/ukprobes.hpp"
@@ -54,19 +69,28 @@
 extern "C" {
 int ukp_bench_bare(int value);
 int ukp_bench_raw_int3(int value);
+int ukp_bench_floor_target(int value);
+int ukp_bench_opt_entry(int value);
+int ukp_bench_opt_mid(int value);
+int ukp_bench_opt_prepost(int value);
+int ukp_bench_uprobe_target(int value);
 int ukp_bench_boostable(int value);
 int ukp_bench_emulated(int value);
 int ukp_bench_post(int value);
 int ukp_bench_register_target(int value);
 extern const char ukp_bench_tiny_functions[];
+extern const char ukp_bench_bulk_functions[];
+
+// What the hand-written floor trampoline calls: nothing, but a real call.
+__attribute__((noinline, used)) void ukp_bench_empty_c_function() { asm volatile(""); }
 }
 
 // Every function returns its argument plus one.  Bytes with their
-// disassembly; the first instruction is the one probed.
+// disassembly; the first instruction is the one probed unless said otherwise.
 asm(R"(
     .text
     .macro ukp_bench_function name
-    .p2align 4
+    .p2align 4, 0xcc
     .globl \name
     .type \name, @function
 \name:
@@ -85,6 +109,101 @@ asm(R"(
     ret                         # c3
     .size ukp_bench_raw_int3, .-ukp_bench_raw_int3
 
+    # ---- The jump floor ----
+    # What an optimized entry probe on ukp_bench_opt_entry does, written by
+    # hand with nothing a probe engine needs beyond the minimum: the 5-byte
+    # jump replaces `mov %edi,%eax; lea 1(%rax),%eax`, the trampoline steps
+    # over the red zone, saves the flags and the 15 general registers, aligns
+    # the stack, calls an empty C function (with DF clear, as the ABI wants),
+    # restores, runs the displaced instructions and jumps back to the `ret`.
+    ukp_bench_function ukp_bench_floor_target
+    .byte 0xe9                  # e9 rel32: jmp ukp_bench_floor_trampoline
+    .long ukp_bench_floor_trampoline - (. + 4)
+.Lukp_bench_floor_resume:
+    ret                         # c3
+    .size ukp_bench_floor_target, .-ukp_bench_floor_target
+
+    .p2align 4, 0xcc
+    .type ukp_bench_floor_trampoline, @function
+ukp_bench_floor_trampoline:
+    lea -128(%rsp), %rsp        # step over the red zone
+    pushfq
+    push %rax
+    push %rcx
+    push %rdx
+    push %rbx
+    push %rbp
+    push %rsi
+    push %rdi
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    mov %rsp, %rbp
+    and $-16, %rsp
+    cld
+    call ukp_bench_empty_c_function
+    mov %rbp, %rsp
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rdi
+    pop %rsi
+    pop %rbp
+    pop %rbx
+    pop %rdx
+    pop %rcx
+    pop %rax
+    popfq
+    lea 128(%rsp), %rsp
+    mov %edi, %eax              # the displaced instructions
+    lea 1(%rax), %eax
+    jmp .Lukp_bench_floor_resume
+    .size ukp_bench_floor_trampoline, .-ukp_bench_floor_trampoline
+
+    # ---- Optimized probes ----
+    # Entry: the 5 bytes before the ret are the displaced region.
+    ukp_bench_function ukp_bench_opt_entry
+    mov %edi, %eax              # 89 f8: probed
+    lea 1(%rax), %eax           # 8d 40 01
+    ret                         # c3
+    .size ukp_bench_opt_entry, .-ukp_bench_opt_entry
+
+    # Mid-function: the probe is at +4; nothing branches anywhere.
+    ukp_bench_function ukp_bench_opt_mid
+    push %rbp                   # 55
+    mov %rsp, %rbp              # 48 89 e5
+    mov %edi, %eax              # 89 f8: probed (+4)
+    lea 1(%rax), %eax           # 8d 40 01
+    pop %rbp                    # 5d
+    ret                         # c3
+    .size ukp_bench_opt_mid, .-ukp_bench_opt_mid
+
+    # Entry with a pre- and a post-handler.
+    ukp_bench_function ukp_bench_opt_prepost
+    mov %edi, %eax              # 89 f8: probed
+    lea 1(%rax), %eax           # 8d 40 01
+    ret                         # c3
+    .size ukp_bench_opt_prepost, .-ukp_bench_opt_prepost
+
+    # The kernel uprobe's target: ukp_bench_opt_entry's code, in a function
+    # of its own so that no ukprobes probe shares it.
+    ukp_bench_function ukp_bench_uprobe_target
+    mov %edi, %eax              # 89 f8: probed by the kernel
+    lea 1(%rax), %eax           # 8d 40 01
+    ret                         # c3
+    .size ukp_bench_uprobe_target, .-ukp_bench_uprobe_target
+
+    # ---- int3 probes (registered with ukp::flag_no_optimize) ----
     ukp_bench_function ukp_bench_boostable
     mov %edi, %eax              # 89 f8: boostable
     add $1, %eax                # 83 c0 01
@@ -115,40 +234,62 @@ asm(R"(
     .purgem ukp_bench_function
 
     # 1000 tiny functions, one every 16 bytes from ukp_bench_tiny_functions:
-    # 1000 probe addresses, each at a function entry as most probes are.
+    # 3 bytes each, too short for a jump, so their probes stay int3.
     # (\@ numbers the expansions, so each function has its own symbol.)
     .macro ukp_bench_tiny_function
-    .p2align 4
+    .p2align 4, 0xcc
     .type ukp_bench_tiny_\@, @function
 ukp_bench_tiny_\@:
     mov %edi, %eax              # 89 f8
     ret                         # c3
     .size ukp_bench_tiny_\@, .-ukp_bench_tiny_\@
     .endm
-    .p2align 4
+    .p2align 4, 0xcc
     .globl ukp_bench_tiny_functions
 ukp_bench_tiny_functions:
     .rept 1000
     ukp_bench_tiny_function
     .endr
     .purgem ukp_bench_tiny_function
+
+    # 10,000 optimizable functions, one every 16 bytes from
+    # ukp_bench_bulk_functions: 5 bytes of displaced region before the ret.
+    .macro ukp_bench_bulk_function
+    .p2align 4, 0xcc
+    .type ukp_bench_bulk_\@, @function
+ukp_bench_bulk_\@:
+    mov %edi, %eax              # 89 f8
+    add $1, %eax                # 83 c0 01
+    ret                         # c3
+    .size ukp_bench_bulk_\@, .-ukp_bench_bulk_\@
+    .endm
+    .p2align 4, 0xcc
+    .globl ukp_bench_bulk_functions
+ukp_bench_bulk_functions:
+    .rept 10000
+    ukp_bench_bulk_function
+    .endr
+    .purgem ukp_bench_bulk_function
+    .p2align 4, 0xcc
 )");
 
 namespace {
 
+constexpr int function_stride = 16;  // .p2align 4
 constexpr int tiny_function_count = 1000;
-constexpr int tiny_function_stride = 16;  // .p2align 4
+constexpr int bulk_function_count = 10000;
+constexpr std::uint64_t mid_probe_offset = 4;
 constexpr benchmark::IterationCount int3_batch = 1000;
-
-// ---- The int3 floor, measured in a child that ukprobes never touched ----
-
-void ignore_sigtrap(int, siginfo_t*, void*) {}
 
 std::uint64_t now_ns() {
     timespec now{};
     clock_gettime(CLOCK_MONOTONIC, &now);
     return static_cast<std::uint64_t>(now.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(now.tv_nsec);
 }
+
+// ---- The int3 floor, measured in a child that ukprobes never touched ----
+
+void ignore_sigtrap(int, siginfo_t*, void*) {}
 
 [[noreturn]] void serve_int3_batches(int request_fd, int reply_fd) {
     struct sigaction action {};
@@ -210,11 +351,18 @@ private:
 
 Int3FloorServer* int3_floor = nullptr;
 
-// ---- Benchmarks ----
+// ---- Benchmarks: calls without a probe ----
 
 void BM_BareCall(benchmark::State& state) {
     int value = 0;
     for (auto _ : state) benchmark::DoNotOptimize(value = ukp_bench_bare(value));
+}
+
+void BM_JumpFloor(benchmark::State& state) {
+    int value = 0;
+    for (auto _ : state) benchmark::DoNotOptimize(value = ukp_bench_floor_target(value));
+    if (value != static_cast<int>(state.iterations())) state.SkipWithError("the floor trampoline computed nonsense");
+    state.SetLabel("hand-written jmp");
 }
 
 void BM_RawInt3(benchmark::State& state) {
@@ -227,74 +375,378 @@ void BM_RawInt3(benchmark::State& state) {
     state.SetLabel("int3 floor");
 }
 
-std::string kind_of(void* address) {
+// ---- Benchmarks: ukprobes probe hits ----
+
+struct KindInfo {
+    std::string kind, not_optimized;
+};
+
+KindInfo kind_of(const void* address) {
     for (const auto& probe : ukp::list_probes())
-        if (probe.address == reinterpret_cast<std::uint64_t>(address)) return probe.kind;
-    return "not listed";
+        if (probe.address == reinterpret_cast<std::uint64_t>(address)) return {probe.kind, probe.not_optimized};
+    return {"not listed", ""};
 }
 
-// One probe on `function` with an empty pre-handler (and post-handler if
-// asked); each iteration is one call, so one hit.
-void run_probed_calls(benchmark::State& state, int (*function)(int), bool with_post_handler) {
+// The components of the extended state the program has in use (xgetbv with
+// ecx=1): what decides how much vector state a trampoline saves.
+std::uint64_t xinuse() {
+    std::uint32_t low = 0, high = 0;
+    asm volatile("xgetbv" : "=a"(low), "=d"(high) : "c"(1));
+    return (static_cast<std::uint64_t>(high) << 32) | low;
+}
+
+// The components beyond xmm that a trampoline saves when they are in use,
+// as they are at the start of a benchmark loop.  A label, so it must not
+// change between repetitions: x87 and the rest are left out.
+std::string vector_state_in_use() {
+    const std::uint64_t in_use = xinuse();
+    std::string names;
+    for (auto [bit, name] : {std::pair{2, "ymm"}, {5, "k"}, {6, "zmm0-15"}, {7, "zmm16-31"}})
+        if (in_use & (std::uint64_t{1} << bit)) names += (names.empty() ? "" : "+") + std::string(name);
+    return "+xmm" + (names.empty() ? std::string() : "," + names);
+}
+
+// Unregisters on every way out of a benchmark.
+struct Registered {
+    ukp::Kprobe& probe;
+    ~Registered() {
+        if (probe.is_registered()) ukp::unregister_kprobe(probe);
+    }
+};
+
+struct ProbedCall {
+    int (*function)(int);
+    std::uint64_t offset = 0;  // of the probe in `function`
+    bool post_handler = false;
+    unsigned flags = 0;
+    std::string_view expected_kind;
+};
+
+// One probe on `call.function` with empty handlers; each iteration is one
+// call, so one hit.
+void run_probed_calls(benchmark::State& state, const ProbedCall& call) {
     ukp::Kprobe probe;
-    probe.addr = reinterpret_cast<void*>(function);
+    probe.addr = reinterpret_cast<void*>(call.function);
+    probe.offset = call.offset;
+    probe.flags = call.flags;
     probe.pre_handler = [](ukp::Kprobe&, ukp::Regs&) { return 0; };
-    if (with_post_handler) probe.post_handler = [](ukp::Kprobe&, ukp::Regs&, unsigned long) {};
+    if (call.post_handler) probe.post_handler = [](ukp::Kprobe&, ukp::Regs&, unsigned long) {};
     if (auto registered = ukp::register_kprobe(probe); !registered)
         return state.SkipWithError(registered.error().message.c_str());
-    state.SetLabel(kind_of(probe.address()));
+    Registered guard{probe};
+    auto kind = kind_of(probe.address());
+    if (kind.kind != call.expected_kind) {
+        // One retry: an optimization can wait for a thread to leave the region.
+        (void)ukp::optimize_pending_probes();
+        kind = kind_of(probe.address());
+    }
+    if (kind.kind != call.expected_kind) {
+        std::string message = "expected a " + std::string(call.expected_kind) + " probe, got " + kind.kind;
+        if (!kind.not_optimized.empty()) message += " (not optimized: " + kind.not_optimized + ")";
+        return state.SkipWithError(message.c_str());
+    }
+    std::string label = kind.kind;
+    if (call.expected_kind == "optimized") label += " " + vector_state_in_use();
+    state.SetLabel(label);
 
     int value = 0;
-    for (auto _ : state) benchmark::DoNotOptimize(value = function(value));
+    for (auto _ : state) benchmark::DoNotOptimize(value = call.function(value));
 
-    auto hits = probe.nhit();
-    ukp::unregister_kprobe(probe);
-    if (hits != static_cast<std::uint64_t>(state.iterations()))
+    if (probe.nhit() != static_cast<std::uint64_t>(state.iterations()))
         state.SkipWithError("the probe missed calls: nhit() != iterations");
+    else if (value != static_cast<int>(state.iterations()))
+        state.SkipWithError("the probed function computed a wrong result");
 }
 
-void BM_BoostedProbe(benchmark::State& state) { run_probed_calls(state, ukp_bench_boostable, false); }
-void BM_EmulatedProbe(benchmark::State& state) { run_probed_calls(state, ukp_bench_emulated, false); }
-void BM_PostHandlerProbe(benchmark::State& state) { run_probed_calls(state, ukp_bench_post, true); }
+void BM_OptimizedEntry(benchmark::State& state) {
+    run_probed_calls(state, {.function = ukp_bench_opt_entry, .expected_kind = "optimized"});
+}
+void BM_OptimizedMid(benchmark::State& state) {
+    run_probed_calls(state, {.function = ukp_bench_opt_mid, .offset = mid_probe_offset, .expected_kind = "optimized"});
+}
+void BM_OptimizedPrePost(benchmark::State& state) {
+    run_probed_calls(state, {.function = ukp_bench_opt_prepost, .post_handler = true, .expected_kind = "optimized"});
+}
+void BM_BoostedProbe(benchmark::State& state) {
+    run_probed_calls(state,
+                     {.function = ukp_bench_boostable, .flags = ukp::flag_no_optimize, .expected_kind = "boosted"});
+}
+void BM_EmulatedProbe(benchmark::State& state) {
+    run_probed_calls(state,
+                     {.function = ukp_bench_emulated, .flags = ukp::flag_no_optimize, .expected_kind = "emulated"});
+}
+void BM_PostHandlerProbe(benchmark::State& state) {
+    run_probed_calls(state, {.function = ukp_bench_post,
+                             .post_handler = true,
+                             .flags = ukp::flag_no_optimize,
+                             .expected_kind = "boosted+post-trap"});
+}
+
+// ---- The kernel's uprobe on the same code, through tracefs ----
+//
+// The event is ukp_bench/entry_target on ukp_bench_uprobe_target, created
+// for one benchmark run and removed at its end, on every way out.  The
+// kernel puts its int3 into every process that maps this file at that
+// offset; only this one calls the function.
+
+constexpr std::string_view uprobe_group = "ukp_bench", uprobe_event = "entry_target";
+
+std::string errno_text(int error) { return std::strerror(error); }
+
+std::expected<void, std::string> write_text(const std::string& path, std::string_view text, int extra_flags = 0) {
+    int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC | extra_flags);
+    if (fd < 0) return std::unexpected(path + ": " + errno_text(errno));
+    ssize_t written = write(fd, text.data(), text.size());
+    int error = errno;
+    close(fd);
+    if (written != static_cast<ssize_t>(text.size()))
+        return std::unexpected("writing '" + std::string(text) + "' to " + path + ": " + errno_text(error));
+    return {};
+}
+
+// Never open uprobe_events with O_TRUNC: that deletes every uprobe event of
+// the system.  O_APPEND adds or removes one.
+constexpr int uprobe_events_flags = O_APPEND;
+
+// The tracefs directory whose uprobe_events we may write.
+std::expected<std::string, std::string> writable_tracefs() {
+    std::string reasons;
+    for (std::string directory : {"/sys/kernel/tracing", "/sys/kernel/debug/tracing"}) {
+        std::string events = directory + "/uprobe_events";
+        int fd = open(events.c_str(), O_WRONLY | O_CLOEXEC | uprobe_events_flags);
+        if (fd >= 0) {
+            close(fd);
+            return directory;
+        }
+        if (!reasons.empty()) reasons += "; ";
+        reasons += events + ": " + errno_text(errno);
+    }
+    return std::unexpected(reasons);
+}
+
+// Where `address` of the main program is in its file: what a uprobe names.
+std::expected<std::uint64_t, std::string> file_offset_in_executable(const void* address) {
+    struct Search {
+        std::uint64_t address;
+        std::optional<std::uint64_t> offset;
+        bool in_main_program;
+    } search{reinterpret_cast<std::uint64_t>(address), std::nullopt, false};
+    dl_iterate_phdr(
+        [](dl_phdr_info* info, std::size_t, void* data) -> int {
+            auto* search = static_cast<Search*>(data);
+            for (int i = 0; i < info->dlpi_phnum; ++i) {
+                const ElfW(Phdr)& header = info->dlpi_phdr[i];
+                if (header.p_type != PT_LOAD) continue;
+                std::uint64_t start = info->dlpi_addr + header.p_vaddr;
+                if (search->address < start || search->address >= start + header.p_filesz) continue;
+                search->offset = search->address - start + header.p_offset;
+                search->in_main_program = info->dlpi_name == nullptr || info->dlpi_name[0] == '\0';
+                return 1;
+            }
+            return 0;
+        },
+        &search);
+    if (!search.offset) return std::unexpected("the uprobe target is in no loaded segment");
+    if (!search.in_main_program) return std::unexpected("the uprobe target is not in the main program");
+    return *search.offset;
+}
+
+std::expected<std::string, std::string> executable_path() {
+    char path[4096];
+    ssize_t length = readlink("/proc/self/exe", path, sizeof path - 1);
+    if (length < 0) return std::unexpected("readlink /proc/self/exe: " + errno_text(errno));
+    std::string result(path, static_cast<std::size_t>(length));
+    if (result.find_first_of(" \t\n") != std::string::npos)
+        return std::unexpected("the executable's path contains white space: " + result);
+    return result;
+}
+
+class KernelUprobe {
+public:
+    explicit KernelUprobe(std::string tracefs)
+        : tracefs_(std::move(tracefs)),
+          events_(tracefs_ + "/uprobe_events"),
+          enable_(tracefs_ + "/events/" + std::string(uprobe_group) + "/" + std::string(uprobe_event) + "/enable") {
+        remove();  // a stale event of a run that crashed
+    }
+    KernelUprobe(const KernelUprobe&) = delete;
+    KernelUprobe& operator=(const KernelUprobe&) = delete;
+    ~KernelUprobe() { remove(); }
+
+    std::expected<void, std::string> create(const std::string& file, std::uint64_t offset) {
+        char definition[4352];
+        std::snprintf(definition, sizeof definition, "p:%s/%s %s:0x%llx\n", std::string(uprobe_group).c_str(),
+                      std::string(uprobe_event).c_str(), file.c_str(), static_cast<unsigned long long>(offset));
+        file_ = file;
+        return write_text(events_, definition, uprobe_events_flags);
+    }
+    std::expected<void, std::string> enable() { return write_text(enable_, "1\n"); }
+
+    // The kernel's hit count for the event (uprobe_profile: file, event, hits).
+    std::expected<std::uint64_t, std::string> hits() const {
+        std::string profile = tracefs_ + "/uprobe_profile";
+        std::FILE* in = std::fopen(profile.c_str(), "re");
+        if (!in) return std::unexpected(profile + ": " + errno_text(errno));
+        std::optional<std::uint64_t> found;
+        char file[4096], event[256];
+        unsigned long long hits = 0;
+        while (std::fscanf(in, " %4095s %255s %llu", file, event, &hits) == 3)
+            if (file_ == file && uprobe_event == event) found = hits;
+        std::fclose(in);
+        if (!found) return std::unexpected(profile + " does not list the event");
+        return *found;
+    }
+
+private:
+    void remove() {
+        (void)write_text(enable_, "0\n");
+        (void)write_text(events_, "-:" + std::string(uprobe_group) + "/" + std::string(uprobe_event) + "\n",
+                         uprobe_events_flags);
+    }
+    std::string tracefs_, events_, enable_, file_;
+};
+
+void BM_KernelUprobe(benchmark::State& state) {
+    auto tracefs = writable_tracefs();
+    if (!tracefs) return state.SkipWithError(("tracefs uprobe_events not writable: " + tracefs.error()).c_str());
+    auto file = executable_path();
+    if (!file) return state.SkipWithError(file.error().c_str());
+    auto offset = file_offset_in_executable(reinterpret_cast<const void*>(&ukp_bench_uprobe_target));
+    if (!offset) return state.SkipWithError(offset.error().c_str());
+    KernelUprobe uprobe(*tracefs);
+    if (auto created = uprobe.create(*file, *offset); !created) return state.SkipWithError(created.error().c_str());
+    if (auto enabled = uprobe.enable(); !enabled) return state.SkipWithError(enabled.error().c_str());
+    auto before = uprobe.hits();
+    if (!before) return state.SkipWithError(before.error().c_str());
+    state.SetLabel("kernel uprobe");
+
+    int value = 0;
+    for (auto _ : state) benchmark::DoNotOptimize(value = ukp_bench_uprobe_target(value));
+
+    auto after = uprobe.hits();
+    if (!after) return state.SkipWithError(after.error().c_str());
+    if (*after - *before != static_cast<std::uint64_t>(state.iterations())) {
+        std::string message = "the kernel uprobe counted " + std::to_string(*after - *before) + " hits for " +
+                              std::to_string(state.iterations()) + " calls";
+        state.SkipWithError(message.c_str());
+    }
+}
+
+// ---- Benchmarks: registration ----
 
 void BM_RegisterUnregisterOne(benchmark::State& state) {
     ukp::Kprobe probe;
     probe.addr = reinterpret_cast<void*>(&ukp_bench_register_target);
     probe.pre_handler = [](ukp::Kprobe&, ukp::Regs&) { return 0; };
+    {
+        if (auto registered = ukp::register_kprobe(probe); !registered)
+            return state.SkipWithError(registered.error().message.c_str());
+        Registered guard{probe};
+        auto kind = kind_of(probe.address());
+        if (kind.kind != "optimized")
+            return state.SkipWithError(("expected an optimized probe, got " + kind.kind + " " + kind.not_optimized).c_str());
+    }
     for (auto _ : state) {
         if (auto registered = ukp::register_kprobe(probe); !registered)
             return state.SkipWithError(registered.error().message.c_str());
         ukp::unregister_kprobe(probe);
     }
+    state.SetLabel("optimized");
     state.counters["probes_per_iteration"] = 1;
 }
 
-void BM_RegisterUnregisterBatch(benchmark::State& state) {
-    auto probes = std::make_unique<ukp::Kprobe[]>(tiny_function_count);
+// register_kprobes on `count` functions `function_stride` bytes apart from
+// `base`, then unregister_kprobes on them, timed apart (manual time is the
+// sum).  Once, untimed, the first iteration checks that every probe has
+// `expected_kind` and that each fires once on one call of its function,
+// which returns its argument plus `adds`.
+void run_registration_batch(benchmark::State& state, const char* base, int count, int adds,
+                            std::string_view expected_kind) {
+    auto probes = std::make_unique<ukp::Kprobe[]>(static_cast<std::size_t>(count));
     std::vector<ukp::Kprobe*> batch;
-    for (int i = 0; i < tiny_function_count; ++i) {
-        probes[i].addr = const_cast<char*>(ukp_bench_tiny_functions + i * tiny_function_stride);
+    batch.reserve(static_cast<std::size_t>(count));
+    for (int i = 0; i < count; ++i) {
+        probes[i].addr = const_cast<char*>(base + i * function_stride);
         probes[i].pre_handler = [](ukp::Kprobe&, ukp::Regs&) { return 0; };
         batch.push_back(&probes[i]);
     }
+    const auto first = reinterpret_cast<std::uint64_t>(base);
+    const auto end = first + static_cast<std::uint64_t>(count) * function_stride;
+    std::uint64_t register_ns = 0, unregister_ns = 0;
+    std::size_t matching = 0;
+    bool checked = false;
     for (auto _ : state) {
-        if (auto registered = ukp::register_kprobes(batch); !registered)
-            return state.SkipWithError(registered.error().message.c_str());
+        const std::uint64_t t0 = now_ns();
+        auto registered = ukp::register_kprobes(batch);
+        const std::uint64_t t1 = now_ns();
+        if (!registered) return state.SkipWithError(registered.error().message.c_str());
+        std::string failure;
+        if (!checked) {
+            checked = true;
+            std::string other;
+            for (const auto& info : ukp::list_probes()) {
+                if (info.address < first || info.address >= end) continue;
+                if (info.kind == expected_kind)
+                    ++matching;
+                else if (other.empty())
+                    other = info.kind + (info.not_optimized.empty() ? "" : " (" + info.not_optimized + ")");
+            }
+            if (matching != static_cast<std::size_t>(count))
+                failure = std::to_string(matching) + " of " + std::to_string(count) + " probes are " +
+                          std::string(expected_kind) + "; one is " + other;
+            bool computed = true;
+            for (int i = 0; i < count; ++i) {
+                auto function = reinterpret_cast<int (*)(int)>(reinterpret_cast<std::uintptr_t>(base + i * function_stride));
+                computed = computed && function(i) == i + adds;
+            }
+            std::uint64_t hits = 0;
+            for (int i = 0; i < count; ++i) hits += probes[i].nhit();
+            if (failure.empty() && hits != static_cast<std::uint64_t>(count))
+                failure = "one call of each function gave " + std::to_string(hits) + " hits";
+            if (failure.empty() && !computed) failure = "a probed function computed a wrong result";
+        }
+        const std::uint64_t t2 = now_ns();
         ukp::unregister_kprobes(batch);
+        const std::uint64_t t3 = now_ns();
+        if (!failure.empty()) return state.SkipWithError(failure.c_str());
+        register_ns += t1 - t0;
+        unregister_ns += t3 - t2;
+        state.SetIterationTime(static_cast<double>((t1 - t0) + (t3 - t2)) * 1e-9);
     }
-    state.counters["probes_per_iteration"] = tiny_function_count;
+    const double per_probe = static_cast<double>(state.iterations()) * count * 1e3;
+    state.counters["register_us_per_probe"] = static_cast<double>(register_ns) / per_probe;
+    state.counters["unregister_us_per_probe"] = static_cast<double>(unregister_ns) / per_probe;
+    state.counters["probes_per_iteration"] = count;
+    state.SetLabel(std::to_string(matching) + "/" + std::to_string(count) + " " + std::string(expected_kind));
 }
 
-// The floor first: RatioReporter needs it before the others report.
+void BM_RegisterOptimizedBatch(benchmark::State& state) {
+    run_registration_batch(state, ukp_bench_bulk_functions, static_cast<int>(state.range(0)), 1, "optimized");
+}
+void BM_RegisterInt3Batch(benchmark::State& state) {
+    run_registration_batch(state, ukp_bench_tiny_functions, static_cast<int>(state.range(0)), 0, "boosted");
+}
+
+// The floors first (the order matters only without interleaving).
 BENCHMARK(BM_RawInt3)->UseManualTime();
+BENCHMARK(BM_JumpFloor)->UseRealTime();
 BENCHMARK(BM_BareCall)->UseRealTime();
+BENCHMARK(BM_OptimizedEntry)->UseRealTime();
+BENCHMARK(BM_OptimizedMid)->UseRealTime();
+BENCHMARK(BM_OptimizedPrePost)->UseRealTime();
 BENCHMARK(BM_BoostedProbe)->UseRealTime();
 BENCHMARK(BM_EmulatedProbe)->UseRealTime();
 BENCHMARK(BM_PostHandlerProbe)->UseRealTime();
+BENCHMARK(BM_KernelUprobe)->UseRealTime();
 BENCHMARK(BM_RegisterUnregisterOne)->UseRealTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_RegisterUnregisterBatch)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_RegisterOptimizedBatch)
+    ->Arg(1000)
+    ->Arg(bulk_function_count)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_RegisterInt3Batch)->Arg(tiny_function_count)->UseManualTime()->Unit(benchmark::kMillisecond);
 
-// ---- Reporting: ratios against the int3 floor of this run ----
+// ---- Reporting: ratios against the floors of this run, and the targets ----
 
 double to_ns(double value, benchmark::TimeUnit unit) {
     switch (unit) {
@@ -306,76 +758,129 @@ double to_ns(double value, benchmark::TimeUnit unit) {
     return value;
 }
 
-// Holds every result until the run ends, because with random interleaving
-// the floor may be reported after the benchmarks it divides; then adds the
-// counters, prints the usual console table and a summary.
-class RatioReporter : public benchmark::ConsoleReporter {
+// The issue's targets.
+constexpr double entry_vs_floor_target = 1.5;   // at most
+constexpr double mid_vs_floor_target = 2.0;     // at most
+constexpr double uprobe_vs_entry_target = 100;  // at least
+constexpr double register_us_target = 5;        // at most, per probe of a 10,000-probe batch
+
+// Holds every result until the run ends, because with random interleaving a
+// floor may be reported after the benchmarks it divides; then adds the
+// ratio counters, prints the usual console table and a summary.
+class SummaryReporter : public benchmark::ConsoleReporter {
 public:
-    RatioReporter() : ConsoleReporter(OO_None) {}
+    SummaryReporter() : ConsoleReporter(OO_None) {}
 
     void ReportRuns(const std::vector<Run>& reports) override {
         held.insert(held.end(), reports.begin(), reports.end());
     }
 
     void Finalize() override {
-        // 1. The floor, per aggregate ("" for single runs, "mean", "median").
-        std::map<std::string, double> int3_ns;
-        for (const auto& run : held)
-            if (is_time(run) && run.run_name.function_name == "BM_RawInt3")
-                int3_ns[run.aggregate_name] = to_ns(run.GetAdjustedRealTime(), run.time_unit);
-
-        // 2. Ratios for hits, per-probe cost for registrations.
-        std::vector<Row> rows;
-        for (auto& run : held) {
+        // 1. The floors, per aggregate ("" for single runs, "mean", "median").
+        std::map<std::string, double> int3_ns, floor_ns;
+        for (const auto& run : held) {
             if (!is_time(run)) continue;
-            double ns = to_ns(run.GetAdjustedRealTime(), run.time_unit);
-            Row row{run.benchmark_name(), run.report_label, ns, 0, 0};
-            if (auto per = run.counters.find("probes_per_iteration"); per != run.counters.end()) {
-                row.ns_per_probe = ns / per->second.value;
-                run.counters["ns_per_probe"] = row.ns_per_probe;
-            } else if (auto floor = int3_ns.find(run.aggregate_name); floor != int3_ns.end()) {
-                row.ratio = ns / floor->second;
-                run.counters["ratio_vs_int3"] = row.ratio;
+            if (run.run_name.function_name == "BM_RawInt3") int3_ns[run.aggregate_name] = ns_of(run);
+            if (run.run_name.function_name == "BM_JumpFloor") floor_ns[run.aggregate_name] = ns_of(run);
+        }
+
+        // 2. Ratios for hits; the summary's rows (medians when repeated).
+        for (auto& run : held) {
+            if (run.error_occurred) {
+                errors[key_of(run)] = run.error_message;
+                continue;
             }
-            // The summary shows medians when there are repetitions.
+            if (!is_time(run)) continue;
+            const bool registration = run.counters.count("probes_per_iteration") != 0;
+            Row row{run.report_label, ns_of(run), 0, 0, {}};
+            if (!registration) {
+                if (auto floor = floor_ns.find(run.aggregate_name); floor != floor_ns.end())
+                    run.counters["vs_floor"] = row.vs_floor = row.ns / floor->second;
+                if (auto floor = int3_ns.find(run.aggregate_name); floor != int3_ns.end())
+                    run.counters["vs_int3"] = row.vs_int3 = row.ns / floor->second;
+            }
+            for (const auto& [name, counter] : run.counters) row.counters[name] = counter.value;
             if (run.run_type == Run::RT_Iteration ? run.repetitions <= 1 : run.aggregate_name == "median")
-                rows.push_back(row);
+                rows[key_of(run)] = row;
         }
 
         // 3. The console table, in the order Google Benchmark ran things.
         ConsoleReporter::ReportRuns(held);
         ConsoleReporter::Finalize();
 
-        // 4. The summary, in the order the benchmarks are declared.
+        // 4. The summary, in a fixed order.
         std::FILE* out = stdout;
-        bool has_aggregates = std::any_of(held.begin(), held.end(),
+        const bool repeated = std::any_of(held.begin(), held.end(),
                                           [](const Run& run) { return run.run_type == Run::RT_Aggregate; });
-        std::fprintf(out, "\nSummary: %s real time; ratio = time / int3 floor of this run.\n"
-                          "(BM_RawInt3's CPU column above is the parent's, waiting on the pipe.)\n",
-                     has_aggregates ? "median" : "per-run");
-        std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) { return a.name < b.name; });
-        std::fprintf(out, "%-22s %-20s %10s %14s\n", "hit", "kind", "ns/hit", "ratio_vs_int3");
-        for (const auto& name : {"BM_RawInt3", "BM_BareCall", "BM_BoostedProbe", "BM_EmulatedProbe",
-                                 "BM_PostHandlerProbe"})
-            for (const auto& row : rows)
-                if (row.name.starts_with(std::string(name) + "/"))
-                    std::fprintf(out, "%-22s %-20s %10.1f %14s\n", name, row.label.c_str(), row.ns,
-                                 row.ratio > 0 ? fixed3(row.ratio).c_str() : "-");
-        std::fprintf(out, "%-22s %-20s %10s %14s\n", "registration", "", "us/probe", "ms/iteration");
-        for (const auto& name : {"BM_RegisterUnregisterOne", "BM_RegisterUnregisterBatch"})
-            for (const auto& row : rows)
-                if (row.name.starts_with(std::string(name) + "/"))
-                    std::fprintf(out, "%-43s %10.1f %14.3f\n", name, row.ns_per_probe / 1e3, row.ns / 1e6);
+        std::fprintf(out,
+                     "\nSummary (%s real time).  vs_floor = time / hand-written jump floor, vs_int3 = time / int3 "
+                     "floor, both of this run.\n(BM_RawInt3's CPU column above is the parent's, waiting on the "
+                     "pipe.)\n",
+                     repeated ? "medians of the repetitions" : "single runs");
+        std::fprintf(out, "%-22s %-30s %10s %9s %9s\n", "hit", "kind", "ns/hit", "vs_floor", "vs_int3");
+        for (const char* name : {"BM_BareCall", "BM_JumpFloor", "BM_OptimizedEntry", "BM_OptimizedMid",
+                                 "BM_OptimizedPrePost", "BM_BoostedProbe", "BM_EmulatedProbe", "BM_PostHandlerProbe",
+                                 "BM_RawInt3", "BM_KernelUprobe"}) {
+            if (const Row* row = find(name))
+                std::fprintf(out, "%-22s %-30s %10.1f %9s %9s\n", name, row->label.c_str(), row->ns,
+                             fixed(row->vs_floor, "%.2f").c_str(), fixed(row->vs_int3, "%.4f").c_str());
+            else
+                std::fprintf(out, "%-22s skipped: %s\n", name, error_of(name).c_str());
+        }
+
+        std::fprintf(out, "+xmm,...: the vector state in use (XINUSE) as the loop started; an optimized probe's "
+                          "trampoline saves it\n(entry: only the argument registers' part, x/y/zmm0-7; "
+                          "mid-function: all of it).\n");
+        std::fprintf(out, "\n%-32s %-22s %14s %14s %12s\n", "registration", "kind", "register", "unregister",
+                     "ms/iteration");
+        std::fprintf(out, "%-32s %-22s %14s %14s\n", "", "", "us/probe", "us/probe");
+        for (const char* name : {"BM_RegisterUnregisterOne", "BM_RegisterOptimizedBatch/1000",
+                                 "BM_RegisterOptimizedBatch/10000", "BM_RegisterInt3Batch/1000"}) {
+            const Row* row = find(name);
+            if (!row) {
+                std::fprintf(out, "%-32s skipped: %s\n", name, error_of(name).c_str());
+                continue;
+            }
+            if (row->counters.count("register_us_per_probe"))
+                std::fprintf(out, "%-32s %-22s %14.2f %14.2f %12.2f\n", name, row->label.c_str(),
+                             row->counters.at("register_us_per_probe"), row->counters.at("unregister_us_per_probe"),
+                             row->ns / 1e6);
+            else
+                std::fprintf(out, "%-32s %-22s %29s %12.4f\n", name, row->label.c_str(),
+                             (fixed(row->ns / 1e3, "%.2f") + " (both)").c_str(), row->ns / 1e6);
+        }
+
+        std::fprintf(out, "\n%-44s %10s %10s  %s\n", "target (issue 3)", "measured", "target", "");
+        const Row* entry = find("BM_OptimizedEntry");
+        const Row* mid = find("BM_OptimizedMid");
+        const Row* floor = find("BM_JumpFloor");
+        const Row* uprobe = find("BM_KernelUprobe");
+        const Row* bulk = find("BM_RegisterOptimizedBatch/10000");
+        target(out, "optimized entry / jump floor", entry && floor ? entry->ns / floor->ns : -1, "<=",
+               entry_vs_floor_target, !entry ? "BM_OptimizedEntry" : "BM_JumpFloor");
+        target(out, "optimized mid-function / jump floor", mid && floor ? mid->ns / floor->ns : -1, "<=",
+               mid_vs_floor_target, !mid ? "BM_OptimizedMid" : "BM_JumpFloor");
+        target(out, "kernel uprobe / optimized entry", uprobe && entry ? uprobe->ns / entry->ns : -1, ">=",
+               uprobe_vs_entry_target, !uprobe ? "BM_KernelUprobe" : "BM_OptimizedEntry");
+        target(out, "register+optimize, 10,000-probe batch (us)",
+               bulk ? bulk->counters.at("register_us_per_probe") : -1, "<=", register_us_target,
+               "BM_RegisterOptimizedBatch/10000");
     }
 
 private:
     struct Row {
-        std::string name, label;
-        double ns, ratio, ns_per_probe;
+        std::string label;
+        double ns, vs_floor, vs_int3;
+        std::map<std::string, double> counters;
     };
-    static std::string fixed3(double value) {
+    static double ns_of(const Run& run) { return to_ns(run.GetAdjustedRealTime(), run.time_unit); }
+    static std::string key_of(const Run& run) {
+        return run.run_name.function_name + (run.run_name.args.empty() ? "" : "/" + run.run_name.args);
+    }
+    static std::string fixed(double value, const char* format) {
+        if (value <= 0) return "-";
         char text[32];
-        std::snprintf(text, sizeof text, "%.3f", value);
+        std::snprintf(text, sizeof text, format, value);
         return text;
     }
     // Standard deviation and coefficient of variation are not times.
@@ -383,7 +888,27 @@ private:
         return !run.error_occurred && (run.run_type == Run::RT_Iteration || run.aggregate_name == "mean" ||
                                        run.aggregate_name == "median");
     }
+    const Row* find(const std::string& key) const {
+        auto row = rows.find(key);
+        return row == rows.end() ? nullptr : &row->second;
+    }
+    std::string error_of(const std::string& key) const {
+        auto error = errors.find(key);
+        return error == errors.end() ? "not run (filtered out?)" : error->second;
+    }
+    void target(std::FILE* out, const char* what, double measured, const char* relation, double goal,
+                const std::string& missing) const {
+        if (measured < 0) {
+            std::fprintf(out, "%-44s %10s %7s %-4g  not measured: %s: %s\n", what, "-", relation, goal,
+                         missing.c_str(), error_of(missing).c_str());
+            return;
+        }
+        const bool met = relation[0] == '<' ? measured <= goal : measured >= goal;
+        std::fprintf(out, "%-44s %10.2f %7s %-4g  %s\n", what, measured, relation, goal, met ? "met" : "MISSED");
+    }
     std::vector<Run> held;
+    std::map<std::string, Row> rows;
+    std::map<std::string, std::string> errors;
 };
 
 }  // namespace
@@ -414,7 +939,7 @@ int main(int argc, char** argv) {
 
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-    RatioReporter reporter;
+    SummaryReporter reporter;
     benchmark::RunSpecifiedBenchmarks(&reporter);
     benchmark::Shutdown();
     return 0;

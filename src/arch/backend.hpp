@@ -33,8 +33,10 @@ namespace ukp::arch {
 // cannot be probed.
 [[nodiscard]] Result<PreparedInsn> prepare_insn(std::uint64_t address, std::span<const std::uint8_t> code);
 
-[[nodiscard]] std::size_t insn_length(const PreparedInsn& insn) noexcept;
-[[nodiscard]] bool is_emulated(const PreparedInsn& insn) noexcept;
+// (inline, in the backend's backend_types.hpp)
+// [[nodiscard]] std::size_t insn_length(const PreparedInsn& insn) noexcept;
+// (inline, in the backend's backend_types.hpp)
+// [[nodiscard]] bool is_emulated(const PreparedInsn& insn) noexcept;
 [[nodiscard]] std::string describe_insn(const PreparedInsn& insn);
 
 // Whether [start, start+length) of the function starting at `function_start`
@@ -64,8 +66,10 @@ enum class SlotPlace : std::uint8_t {
 // The trap context.
 void load_regs(const void* ucontext, pt_regs& regs) noexcept;
 void store_regs(const pt_regs& regs, void* ucontext) noexcept;
-[[nodiscard]] std::uint64_t instruction_pointer(const pt_regs& regs) noexcept;
-void set_instruction_pointer(pt_regs& regs, std::uint64_t address) noexcept;
+// (inline, in the backend's backend_types.hpp)
+// [[nodiscard]] std::uint64_t instruction_pointer(const pt_regs& regs) noexcept;
+// (inline, in the backend's backend_types.hpp)
+// void set_instruction_pointer(pt_regs& regs, std::uint64_t address) noexcept;
 [[nodiscard]] std::uint64_t ucontext_instruction_pointer(const void* ucontext) noexcept;
 
 enum class TrapKind : std::uint8_t { Breakpoint, SingleStep, Other };
@@ -117,10 +121,18 @@ struct Memory {
 // or 0 for a step inside our own code, which the program must not see.
 [[nodiscard]] std::uint64_t trampoline_step_address(const OptimizedRegion& plan, std::uint64_t pc) noexcept;
 
+// Where a thread enters a stub, from a breakpoint hit or the jump.
+// (inline, in the backend's backend_types.hpp)
+// [[nodiscard]] std::uint64_t trampoline_entry(std::uint64_t stub) noexcept;
 // Filled in by the trampoline before calling the dispatcher: where the
-// stub's data word is, which names the probe point.
-[[nodiscard]] std::uint64_t trampoline_data_address(const pt_regs& regs) noexcept;
+// stub's data word is, which names the probe point, and where the stub
+// continues (the relocated region) when no handler redirects execution.
+// (inline, in the backend's backend_types.hpp)
+// [[nodiscard]] std::uint64_t trampoline_data_address(const pt_regs& regs) noexcept;
+// (inline, in the backend's backend_types.hpp)
+// [[nodiscard]] std::uint64_t trampoline_continuation(const pt_regs& regs) noexcept;
 // Sets the fields pt_regs has on the int3 path but a trampoline cannot know.
-void complete_trampoline_regs(pt_regs& regs, std::uint64_t ip) noexcept;
+// (inline, in the backend's backend_types.hpp)
+// void complete_trampoline_regs(pt_regs& regs, std::uint64_t ip) noexcept;
 
 }  // namespace ukp::arch

@@ -110,8 +110,11 @@ template <class Call>
 [[gnu::noinline]] bool call_guarded(ThreadRecord* record, EscapeKind kind, Call&& call) {
     EscapeKind outer = escape_kind;
     bool saved_armed = record->handler_escape_armed;
+    // Only a nested call (an emulator access inside a handler's probe hit)
+    // has an outer escape point to keep.
     void* saved_escape[5];
-    for (int i = 0; i < 5; ++i) saved_escape[i] = record->handler_escape[i];
+    if (saved_armed)
+        for (int i = 0; i < 5; ++i) saved_escape[i] = record->handler_escape[i];
     bool completed = false;
     if (__builtin_setjmp(record->handler_escape) == 0) {
         record->handler_escape_armed = true;
@@ -120,7 +123,8 @@ template <class Call>
         completed = true;
     }
     escape_kind = outer;
-    for (int i = 0; i < 5; ++i) record->handler_escape[i] = saved_escape[i];
+    if (saved_armed)
+        for (int i = 0; i < 5; ++i) record->handler_escape[i] = saved_escape[i];
     record->handler_escape_armed = saved_armed;
     return completed;
 }
@@ -178,7 +182,7 @@ Outcome hit_probe(ThreadRecord* record, ProbePoint* point, pt_regs& regs) {
     // Being optimized, or un-optimized: the trampoline runs the handlers and
     // the whole displaced region (optimizer.cpp).
     if (point->optimization.load(std::memory_order_acquire) != Optimization::None) {
-        arch::set_instruction_pointer(regs, point->trampoline.load(std::memory_order_acquire));
+        arch::set_instruction_pointer(regs, arch::trampoline_entry(point->trampoline.load(std::memory_order_acquire)));
         return Outcome::Resume;
     }
     const HandlerList* list = point->handlers.load(std::memory_order_acquire);
@@ -413,7 +417,7 @@ void on_fault_signal(int signal, siginfo_t* info, void* context) {
 template <bool Post>
 std::uint64_t optimized_hit(pt_regs* regs) {
     const std::uint64_t data = arch::trampoline_data_address(*regs);
-    const std::uint64_t continuation = data + sizeof(ProbePoint*);
+    const std::uint64_t continuation = arch::trampoline_continuation(*regs);
     auto* point = *reinterpret_cast<ProbePoint* const*>(data);
     ThreadRecord* record = this_thread_record();
     if (record == nullptr) return continuation;
@@ -440,9 +444,12 @@ std::uint64_t optimized_hit(pt_regs* regs) {
             record->current_probe = probe;
             record->current_point = point;
             int result = 0;
-            pt_regs before = *regs;
+            // Word by word: the trampoline has just stored these fields one
+            // quadword at a time, and wider loads would stall on them.
+            pt_regs before;
+            copy_words(&before, regs, sizeof before);
             if (!call_guarded(record, EscapeKind::Handler, [&] { result = probe->pre_handler(*probe, *regs); }))
-                *regs = before;
+                copy_words(regs, &before, sizeof before);
             record->current_probe = nullptr;
             record->current_point = nullptr;
             if (result == 0) continue;
@@ -454,7 +461,7 @@ std::uint64_t optimized_hit(pt_regs* regs) {
             if (!probe->fault_reported.exchange(true, std::memory_order_relaxed))
                 write_stderr("ukprobes: a pre-handler of an optimized probe lowered sp by more than the "
                              "trampoline allows; the redirect was ignored (use UKP_NO_OPTIMIZE)\n");
-            *regs = before;
+            copy_words(regs, &before, sizeof before);
             return continuation;
         }
         return continuation;

@@ -11,11 +11,10 @@ namespace ukp::core {
 
 namespace detail {
 std::atomic<ThreadChunk*> first_chunk{nullptr};
+thread_local ThreadRecord* this_thread = nullptr;
 }
 
 namespace {
-
-thread_local ThreadRecord* this_thread = nullptr;
 
 detail::ThreadChunk* map_chunk() noexcept {
     long address = os::raw_syscall(SYS_mmap, 0, sizeof(detail::ThreadChunk), PROT_READ | PROT_WRITE,
@@ -70,15 +69,12 @@ ThreadRecord* claim_record(int tid) noexcept {
 
 }  // namespace
 
-ThreadRecord* this_thread_record_if_any() noexcept { return this_thread; }
-
-ThreadRecord* this_thread_record() noexcept {
-    if (this_thread != nullptr) return this_thread;
+ThreadRecord* detail::claim_this_thread_record() noexcept {
     int tid = os::raw_gettid();
     auto* record = claim_record(tid);
     if (record == nullptr) return nullptr;
     release_stale_records_of(tid, record);
-    this_thread = record;
+    detail::this_thread = record;
     return record;
 }
 
@@ -97,7 +93,7 @@ void release_exited_thread_records() noexcept {
 }
 
 void adopt_records_after_fork() noexcept {
-    if (this_thread != nullptr) this_thread->tid.store(os::raw_gettid());
+    if (detail::this_thread != nullptr) detail::this_thread->tid.store(os::raw_gettid());
     release_exited_thread_records();
 }
 

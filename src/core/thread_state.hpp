@@ -45,12 +45,21 @@ struct ThreadRecord {
     bool handler_escape_armed = false;
 };
 
+namespace detail {
+// Static TLS (initial-exec, see CMakeLists.txt): one load from %fs.
+extern thread_local ThreadRecord* this_thread;
+[[nodiscard]] ThreadRecord* claim_this_thread_record() noexcept;
+}  // namespace detail
+
 // This thread's record, claimed on first use.  Async-signal-safe.  Returns
 // nullptr only when no memory can be mapped for a new chunk.
-[[nodiscard]] ThreadRecord* this_thread_record() noexcept;
+[[nodiscard]] inline ThreadRecord* this_thread_record() noexcept {
+    ThreadRecord* record = detail::this_thread;
+    return record != nullptr ? record : detail::claim_this_thread_record();
+}
 
 // This thread's record if it has one; never claims.  Async-signal-safe.
-[[nodiscard]] ThreadRecord* this_thread_record_if_any() noexcept;
+[[nodiscard]] inline ThreadRecord* this_thread_record_if_any() noexcept { return detail::this_thread; }
 
 // Calls `visit(record)` for every claimed record.
 template <class Visitor>

@@ -257,6 +257,15 @@ FUNCTION opt_indirect_jump
 1:      ret
 END opt_indirect_jump
 
+# int blacklisted_target(int x) { return x + 2; }: blacklisted by a test,
+# so no other test may use it.
+FUNCTION blacklisted_target
+        mov eax, edi
+        add eax, 1
+        add eax, 1
+        ret
+END blacklisted_target
+
 # int opt_too_short(void) { return 0; }: 3 bytes.
 FUNCTION opt_too_short
         xor eax, eax

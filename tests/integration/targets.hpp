@@ -35,6 +35,7 @@ int opt_branch_into(int x);
 int opt_call_in_region(int x);
 int opt_indirect_jump(int x);
 int opt_too_short(void);
+int blacklisted_target(int x);
 int opt_load(const int* p);
 void vector_clobber_run(const void* in, void* out);
 extern char vector_clobber_site[];

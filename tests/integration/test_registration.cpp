@@ -189,10 +189,10 @@ extern "C" void ukprobes_blacklist_function(unsigned long address);  // what NOK
 namespace {
 
 TEST(Registration, BlacklistedFunctionRefusesEveryOffsetInIt) {
-    ukprobes_blacklist_function(reinterpret_cast<unsigned long>(function_address(push_target)));
-    auto at_entry = probe_on("push_target");
+    ukprobes_blacklist_function(reinterpret_cast<unsigned long>(function_address(blacklisted_target)));
+    auto at_entry = probe_on("blacklisted_target");
     EXPECT_EQ(refusal(at_entry), ukp::Errc::Blacklisted);
-    auto inside = probe_on("push_target", 6);  // pop rbx
+    auto inside = probe_on("blacklisted_target", 5);  // the second add
     EXPECT_EQ(refusal(inside), ukp::Errc::Blacklisted);
     auto elsewhere = probe_on("jcc_target");
     EXPECT_TRUE(ukp::register_kprobe(elsewhere));

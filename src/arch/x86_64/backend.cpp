@@ -33,9 +33,6 @@ Result<PreparedInsn> prepare_insn(std::uint64_t address, std::span<const std::ui
     return PreparedInsn{*probe, 0, 0};
 }
 
-std::size_t insn_length(const PreparedInsn& insn) noexcept { return insn.probe.insn.length; }
-
-bool is_emulated(const PreparedInsn& insn) noexcept { return insn.probe.strategy == x86::Strategy::Emulate; }
 
 std::string describe_insn(const PreparedInsn& insn) { return x86::disassemble(insn.probe.insn); }
 
@@ -128,8 +125,6 @@ void store_regs(const pt_regs& regs, void* ucontext) noexcept {
     g[REG_RSP] = static_cast<greg_t>(regs.sp);
 }
 
-std::uint64_t instruction_pointer(const pt_regs& regs) noexcept { return regs.ip; }
-void set_instruction_pointer(pt_regs& regs, std::uint64_t address) noexcept { regs.ip = address; }
 
 std::uint64_t ucontext_instruction_pointer(const void* ucontext) noexcept {
     return static_cast<std::uint64_t>(static_cast<const ucontext_t*>(ucontext)->uc_mcontext.gregs[REG_RIP]);
@@ -233,13 +228,5 @@ std::uint64_t trampoline_step_address(const OptimizedRegion& plan, std::uint64_t
     return 0;
 }
 
-std::uint64_t trampoline_data_address(const pt_regs& regs) noexcept { return regs.orig_ax; }
-
-void complete_trampoline_regs(pt_regs& regs, std::uint64_t ip) noexcept {
-    regs.ip = ip;
-    regs.orig_ax = ~0ul;
-    regs.cs = 0x33;  // __USER_CS
-    regs.ss = 0x2b;  // __USER_DS
-}
 
 }  // namespace ukp::arch

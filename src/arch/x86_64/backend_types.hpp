@@ -45,4 +45,28 @@ struct OptimizedRegion {
     bool with_post_handler = false;
 };
 
+// Small accessors the trap path calls on every hit, inline.
+[[nodiscard]] inline std::size_t insn_length(const PreparedInsn& insn) noexcept { return insn.probe.insn.length; }
+[[nodiscard]] inline bool is_emulated(const PreparedInsn& insn) noexcept {
+    return insn.probe.strategy == x86::Strategy::Emulate;
+}
+[[nodiscard]] inline std::uint64_t instruction_pointer(const pt_regs& regs) noexcept { return regs.ip; }
+inline void set_instruction_pointer(pt_regs& regs, std::uint64_t address) noexcept { regs.ip = address; }
+
+[[nodiscard]] inline std::uint64_t trampoline_entry(std::uint64_t stub) noexcept {
+    return stub + x86::stub_data_length;
+}
+// The body passes the return address its call pushed in orig_ax: the data
+// word precedes the call sequence, the relocated region follows it.
+[[nodiscard]] inline std::uint64_t trampoline_data_address(const pt_regs& regs) noexcept {
+    return regs.orig_ax - x86::stub_call_sequence;
+}
+[[nodiscard]] inline std::uint64_t trampoline_continuation(const pt_regs& regs) noexcept { return regs.orig_ax; }
+inline void complete_trampoline_regs(pt_regs& regs, std::uint64_t ip) noexcept {
+    regs.ip = ip;
+    regs.orig_ax = ~0ul;
+    regs.cs = 0x33;  // __USER_CS
+    regs.ss = 0x2b;  // __USER_DS
+}
+
 }  // namespace ukp::arch

@@ -143,7 +143,21 @@ struct FunctionScan {
     std::vector<RelativeTransfer> transfers;
     std::optional<Insn> computed_jump;                // the first that may target the function
     std::optional<Insn> instruction_containing_probe; // when the probe is not a boundary
+    bool uses_avx512 = false;  // an EVEX instruction or an opmask register anywhere
 };
+
+// Whether the instruction reads or writes AVX-512-only state (zmm16-31 and
+// the upper halves of zmm, opmask registers).  All of that is caller-saved
+// in the System V ABI and never carries an argument, so in a function that
+// never touches it, it is dead at every instruction of the function.
+bool uses_avx512_state(const Insn& insn) {
+    if (insn.info.encoding == ZYDIS_INSTRUCTION_ENCODING_EVEX) return true;
+    for (std::size_t i = 0; i < insn.info.operand_count; ++i)
+        if (insn.operands[i].type == ZYDIS_OPERAND_TYPE_REGISTER &&
+            ZydisRegisterGetClass(insn.operands[i].reg.value) == ZYDIS_REGCLASS_MASK)
+            return true;
+    return false;
+}
 
 Verdict<FunctionScan> scan_function(std::span<const std::uint8_t> code, std::uint64_t start,
                                     std::uint64_t probe_address) {
@@ -160,6 +174,7 @@ Verdict<FunctionScan> scan_function(std::span<const std::uint8_t> code, std::uin
         if (auto target = relative_target(*insn)) {
             scan.transfers.push_back({insn->address, *target});
         }
+        scan.uses_avx512 = scan.uses_avx512 || uses_avx512_state(*insn);
         if (is_indirect_jump(*insn) && !is_jump_through_rip_relative_slot(*insn) &&
             !scan.computed_jump) {
             scan.computed_jump = *insn;
@@ -288,6 +303,7 @@ Verdict<DisplacedRegion> analyze(std::span<const std::uint8_t> code, std::uint64
                       fmt::format("{} may target any instruction of the function",
                                   name_instruction(*scan->computed_jump)));
     }
+    region->function_uses_avx512 = scan->uses_avx512;
     return region;
 }
 

@@ -55,6 +55,9 @@ struct DisplacedRegion {
     std::uint64_t start = 0;
     std::size_t length = 0;       // >= optimized_jump_length, whole instructions
     std::vector<Insn> insns;
+    // Whether any instruction of the function touches opmask registers or
+    // EVEX state; if none does, a trampoline need not preserve them there.
+    bool function_uses_avx512 = true;
 };
 
 struct OptimizeCheck {

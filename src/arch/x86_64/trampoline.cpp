@@ -36,11 +36,16 @@ static_assert(gap % 16 == 0);
 constexpr std::size_t vector_area = 64 * 16 + 64 * 16 + 64 + 64;  // zmm0-15, zmm16-31, k0-7, mxcsr
 static_assert(vector_area % 64 == 0);
 
-// Stub layout (offsets in bytes).
-constexpr std::size_t stub_call_offset = 5;    // after lea rsp, [rsp-0x80]
-constexpr std::size_t stub_call_length = 6;    // ff 15 disp32
-constexpr std::size_t stub_data_length = 8;    // the ProbePoint*
-constexpr std::size_t stub_entry_length = 5 + stub_call_length + stub_data_length;  // 19
+// Stub layout (offsets in bytes).  Each call into a body is
+//   .quad ProbePoint*; lea rsp, [rsp-0x80]; call qword ptr [rip+body]
+// so the body finds the point at its return address minus 19, and returns
+// to exactly the address its call pushed: a balanced call/ret, which the
+// return predictor gets right (returning past a data word after the call
+// cost ~20 ns a hit in mispredictions).
+constexpr std::size_t stub_lea_length = 5;      // 48 8d 64 24 80
+constexpr std::size_t stub_call_length = 6;     // ff 15 disp32
+static_assert(stub_call_sequence == stub_data_length + stub_lea_length + stub_call_length);
+constexpr std::size_t jump_over_data_length = 2;  // eb 08
 constexpr std::size_t body_pointer_bytes = 16;  // pre body, post body at the slot's end
 
 }  // namespace
@@ -91,8 +96,9 @@ __attribute__((used)) static void define_trampoline_bodies() {
         .endm
 
         # UKP_BODY name, last_low_vector (7 at entry, 15 elsewhere),
-        #          mid (1: also opmask, zmm16-31, MXCSR), c_function
-        .macro UKP_BODY name, last, mid, function
+        #          wide (1: also opmask and zmm16-31), mxcsr (1: preserve MXCSR),
+        #          c_function
+        .macro UKP_BODY name, last, wide, mxcsr, function
         .globl \name
         .hidden \name
         .type \name, @function
@@ -146,7 +152,7 @@ __attribute__((used)) static void define_trampoline_bodies() {
         .endif
         .endr
 2:
-        .if \mid
+        .if \wide
         test r12d, 0x20
         jz 3f
         .irp i, 0,1,2,3,4,5,6,7
@@ -157,14 +163,25 @@ __attribute__((used)) static void define_trampoline_bodies() {
         .irp i, 16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
         vmovdqu64 [rsp + 1024 + 64*(\i-16)], zmm\i
         .endr
-4:      stmxcsr [rsp + 2112]
+4:
+        .endif
+        .if \mxcsr
+        stmxcsr [rsp + 2112]
         .endif
 
         mov rdi, rbx
         call \function
 
-        .if \mid
+        .if \mxcsr
+        # ldmxcsr is slow: only when a handler changed MXCSR.
+        stmxcsr [rsp + 2116]
+        mov ecx, [rsp + 2112]
+        cmp ecx, [rsp + 2116]
+        je 11f
         ldmxcsr [rsp + 2112]
+11:
+        .endif
+        .if \wide
         test r12d, 0x80
         jz 5f
         .irp i, 16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
@@ -218,9 +235,11 @@ __attribute__((used)) static void define_trampoline_bodies() {
         .hidden ukp_trampoline_bodies_start
         .p2align 6
 ukp_trampoline_bodies_start:
-        UKP_BODY ukp_trampoline_body_entry, 7, 0, ukp_optimized_pre_hit
-        UKP_BODY ukp_trampoline_body_middle, 15, 1, ukp_optimized_pre_hit
-        UKP_BODY ukp_trampoline_body_post, 15, 1, ukp_optimized_post_hit
+        UKP_BODY ukp_trampoline_body_entry, 7, 0, 0, ukp_optimized_pre_hit
+        UKP_BODY ukp_trampoline_body_middle, 15, 1, 1, ukp_optimized_pre_hit
+        UKP_BODY ukp_trampoline_body_middle_narrow, 15, 0, 1, ukp_optimized_pre_hit
+        UKP_BODY ukp_trampoline_body_post, 15, 1, 1, ukp_optimized_post_hit
+        UKP_BODY ukp_trampoline_body_post_narrow, 15, 0, 1, ukp_optimized_post_hit
         .globl ukp_trampoline_bodies_end
         .hidden ukp_trampoline_bodies_end
 ukp_trampoline_bodies_end:
@@ -240,7 +259,8 @@ ukp_trampoline_bodies_end:
 }
 
 extern "C" char ukp_trampoline_bodies_start[], ukp_trampoline_bodies_end[];
-extern "C" char ukp_trampoline_body_entry[], ukp_trampoline_body_middle[], ukp_trampoline_body_post[];
+extern "C" char ukp_trampoline_body_entry[], ukp_trampoline_body_middle[], ukp_trampoline_body_middle_narrow[],
+    ukp_trampoline_body_post[], ukp_trampoline_body_post_narrow[];
 
 bool is_in_trampoline_body(std::uint64_t pc) noexcept {
     return pc >= reinterpret_cast<std::uint64_t>(ukp_trampoline_bodies_start) &&
@@ -266,44 +286,58 @@ void put_u64(std::span<std::uint8_t> out, std::size_t at, std::uint64_t value) {
     std::memcpy(out.data() + at, &value, sizeof value);
 }
 
-// lea rsp, [rsp-0x80]; call qword ptr [rip+disp32]; .quad point
-void emit_body_call(std::span<std::uint8_t> out, std::size_t at, std::uint64_t stub, std::size_t pointer_offset,
-                    const void* point) {
+// .quad point; lea rsp, [rsp-0x80]; call qword ptr [rip+disp32]
+void emit_body_call(std::span<std::uint8_t> out, std::size_t at, std::size_t pointer_offset, const void* point) {
+    put_u64(out, at, reinterpret_cast<std::uint64_t>(point));
     const std::uint8_t lea_rsp_minus_128[] = {0x48, 0x8d, 0x64, 0x24, 0x80};  // lea rsp, [rsp-0x80]
-    std::memcpy(out.data() + at, lea_rsp_minus_128, sizeof lea_rsp_minus_128);
-    out[at + 5] = 0xff;  // call qword ptr [rip+disp32]
-    out[at + 6] = 0x15;
-    auto next = static_cast<std::int64_t>(at + 5 + stub_call_length);
-    put_u32(out, at + 7, static_cast<std::uint32_t>(static_cast<std::int64_t>(pointer_offset) - next));
-    put_u64(out, at + 5 + stub_call_length, reinterpret_cast<std::uint64_t>(point));
-    (void)stub;
+    std::memcpy(out.data() + at + stub_data_length, lea_rsp_minus_128, sizeof lea_rsp_minus_128);
+    std::size_t call = at + stub_data_length + stub_lea_length;
+    out[call] = 0xff;  // call qword ptr [rip+disp32]
+    out[call + 1] = 0x15;
+    auto next = static_cast<std::int64_t>(call + stub_call_length);
+    put_u32(out, call + 2, static_cast<std::uint32_t>(static_cast<std::int64_t>(pointer_offset) - next));
 }
 
 }  // namespace
 
+std::uint64_t stub_entry(std::uint64_t stub_address) noexcept { return stub_address + stub_data_length; }
+
+std::uint64_t stub_data_address(std::uint64_t return_address) noexcept { return return_address - stub_call_sequence; }
+
 Result<std::size_t> build_stub(const DisplacedRegion& region, std::uint64_t stub_address, const void* point,
                                BodyKind pre_body, bool post_after_first, std::span<std::uint8_t> out,
                                StubLayout* layout) {
-    if (out.size() < stub_entry_length * 2 + body_pointer_bytes + jmp_rel32_length)
+    if (out.size() < stub_call_sequence * 2 + body_pointer_bytes + jmp_rel32_length)
         return make_error(Errc::InvalidArgument, "trampoline stub buffer too small");
     std::memset(out.data(), 0xcc, out.size());  // int3 padding
     const std::size_t pre_pointer = out.size() - 8, post_pointer = out.size() - 16;
+    bool narrow = !region.function_uses_avx512;
     void* pre = pre_body == BodyKind::Entry ? static_cast<void*>(ukp_trampoline_body_entry)
+                : narrow                    ? static_cast<void*>(ukp_trampoline_body_middle_narrow)
                                             : static_cast<void*>(ukp_trampoline_body_middle);
+    void* post = narrow ? static_cast<void*>(ukp_trampoline_body_post_narrow)
+                        : static_cast<void*>(ukp_trampoline_body_post);
     put_u64(out, pre_pointer, reinterpret_cast<std::uint64_t>(pre));
-    put_u64(out, post_pointer, reinterpret_cast<std::uint64_t>(ukp_trampoline_body_post));
+    put_u64(out, post_pointer, reinterpret_cast<std::uint64_t>(post));
 
-    emit_body_call(out, 0, stub_address, pre_pointer, point);
-    std::size_t at = stub_entry_length;
+    emit_body_call(out, 0, pre_pointer, point);
+    std::size_t at = stub_call_sequence;
     const std::size_t limit = out.size() - body_pointer_bytes;
     if (layout) *layout = StubLayout{.stub = stub_address};
+    // jmp +8 over the data word, then the post-handler's call sequence.
+    auto emit_post_call = [&]() -> Result<void> {
+        if (at + jump_over_data_length + stub_call_sequence + jmp_rel32_length > limit)
+            return make_error(Errc::InvalidArgument, "the post-handler call does not fit the trampoline");
+        out[at] = 0xeb;  // jmp rel8 +8
+        out[at + 1] = stub_data_length;
+        emit_body_call(out, at + jump_over_data_length, post_pointer, point);
+        at += jump_over_data_length + stub_call_sequence;
+        return {};
+    };
     std::array<std::uint8_t, max_relocated_length> copy{};
     for (std::size_t i = 0; i < region.insns.size(); ++i) {
-        if (i == 1 && post_after_first) {
-            if (at + stub_entry_length > limit) break;
-            emit_body_call(out, at, stub_address, post_pointer, point);
-            at += stub_entry_length;
-        }
+        if (i == 1 && post_after_first)
+            if (auto emitted = emit_post_call(); !emitted) return std::unexpected(emitted.error());
         auto written = relocate(region.insns[i], stub_address + at, copy);
         if (!written) return std::unexpected(written.error());
         if (at + *written + jmp_rel32_length > limit)
@@ -320,12 +354,8 @@ Result<std::size_t> build_stub(const DisplacedRegion& region, std::uint64_t stub
         }
         at += *written;
     }
-    if (post_after_first && region.insns.size() == 1) {
-        if (at + stub_entry_length + jmp_rel32_length > limit)
-            return make_error(Errc::InvalidArgument, "post-handler call does not fit the trampoline");
-        emit_body_call(out, at, stub_address, post_pointer, point);
-        at += stub_entry_length;
-    }
+    if (post_after_first && region.insns.size() == 1)
+        if (auto emitted = emit_post_call(); !emitted) return std::unexpected(emitted.error());
     auto jump = emit_jmp_rel32(stub_address + at, region.start + region.length, out.subspan(at));
     if (!jump) return std::unexpected(jump.error());
     return at + *jump;
@@ -334,7 +364,7 @@ Result<std::size_t> build_stub(const DisplacedRegion& region, std::uint64_t stub
 Result<std::array<std::uint8_t, optimized_jump_length>> jump_to_stub(std::uint64_t probe_address,
                                                                      std::uint64_t stub_address) {
     std::array<std::uint8_t, optimized_jump_length> bytes{};
-    auto written = emit_jmp_rel32(probe_address, stub_address, bytes);
+    auto written = emit_jmp_rel32(probe_address, stub_entry(stub_address), bytes);
     if (!written) return std::unexpected(written.error());
     return bytes;
 }

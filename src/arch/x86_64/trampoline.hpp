@@ -5,12 +5,12 @@
 // bytes of whole instructions) with `jmp rel32` to a per-probe stub in slot
 // memory within +-2 GiB:
 //
-//   stub:  lea rsp, [rsp-0x80]          48 8d 64 24 80   step over the red zone
-//          call qword ptr [rip+body]    ff 15 disp32     pushes the stub's data address
-//          .quad ProbePoint*                             read by the body, skipped on return
+//   stub:  .quad ProbePoint*                             read by the body at its return address - 19
+//   entry: lea rsp, [rsp-0x80]          48 8d 64 24 80   step over the red zone
+//          call qword ptr [rip+body]    ff 15 disp32     the body returns right after it
 //          <first DCR instruction, relocated>
 //          [with a post-handler:
-//          lea rsp, [rsp-0x80]; call qword ptr [rip+post_body]; .quad ProbePoint*]
+//          jmp +8 (eb 08); .quad ProbePoint*; lea rsp, [rsp-0x80]; call qword ptr [rip+post_body]]
 //          <rest of the DCR, relocated>
 //          jmp rel32 -> end of the DCR   e9 disp32
 //          ... body pointers at the end of the slot
@@ -59,6 +59,11 @@ inline constexpr std::uint64_t handler_stack_allowance = 1024 - 16;
 
 enum class BodyKind : std::uint8_t { Entry, Middle, Post };
 
+// Stub layout (bytes): each call into a body is
+//   .quad ProbePoint*; lea rsp, [rsp-0x80]; call qword ptr [rip+body]
+inline constexpr std::size_t stub_data_length = 8;
+inline constexpr std::size_t stub_call_sequence = 8 + 5 + 6;  // data, lea, call
+
 // The stub for `region`, to live at `stub_address`.  `post_after_first`
 // inserts the post-handler call after the first DCR instruction.
 // Errc::OutOfRange when a relocated operand cannot reach; InvalidArgument
@@ -68,7 +73,12 @@ struct StubLayout;
                                              const void* point, BodyKind pre_body, bool post_after_first,
                                              std::span<std::uint8_t> out, StubLayout* layout);
 
-// The 5 bytes that replace the DCR's first bytes: jmp rel32 -> stub.
+// Where a thread enters a stub (after its first data word).
+[[nodiscard]] std::uint64_t stub_entry(std::uint64_t stub_address) noexcept;
+// The data word naming the point, given the return address a body got.
+[[nodiscard]] std::uint64_t stub_data_address(std::uint64_t return_address) noexcept;
+
+// The 5 bytes that replace the DCR's first bytes: jmp rel32 -> stub entry.
 [[nodiscard]] Result<std::array<std::uint8_t, optimized_jump_length>> jump_to_stub(std::uint64_t probe_address,
                                                                                    std::uint64_t stub_address);
 
