@@ -81,6 +81,15 @@ private:
     ThreadRecord* record_;
 };
 
+// pt_regs by quadwords: the trampoline has just stored it one quadword at a
+// time, and wider (vector) loads would stall waiting for those stores.  Not
+// vectorized, not turned into a memcpy call (see CMakeLists.txt), unrolled.
+[[gnu::optimize("no-tree-vectorize", "unroll-loops")]] inline void copy_regs(pt_regs& to, const pt_regs& from) noexcept {
+    auto* target = reinterpret_cast<std::uint64_t*>(&to);
+    const auto* source = reinterpret_cast<const std::uint64_t*>(&from);
+    for (std::size_t i = 0; i < sizeof(pt_regs) / sizeof(std::uint64_t); ++i) target[i] = source[i];
+}
+
 // A plain loop the compiler must not turn into a memcpy call.
 void copy_words(void* to, const void* from, std::size_t size) noexcept {
     auto* target = static_cast<volatile std::uint64_t*>(to);
@@ -447,9 +456,9 @@ std::uint64_t optimized_hit(pt_regs* regs) {
             // Word by word: the trampoline has just stored these fields one
             // quadword at a time, and wider loads would stall on them.
             pt_regs before;
-            copy_words(&before, regs, sizeof before);
+            copy_regs(before, *regs);
             if (!call_guarded(record, EscapeKind::Handler, [&] { result = probe->pre_handler(*probe, *regs); }))
-                copy_words(regs, &before, sizeof before);
+                copy_regs(*regs, before);
             record->current_probe = nullptr;
             record->current_point = nullptr;
             if (result == 0) continue;
@@ -461,7 +470,7 @@ std::uint64_t optimized_hit(pt_regs* regs) {
             if (!probe->fault_reported.exchange(true, std::memory_order_relaxed))
                 write_stderr("ukprobes: a pre-handler of an optimized probe lowered sp by more than the "
                              "trampoline allows; the redirect was ignored (use UKP_NO_OPTIMIZE)\n");
-            copy_words(regs, &before, sizeof before);
+            copy_regs(*regs, before);
             return continuation;
         }
         return continuation;

@@ -62,7 +62,7 @@ Result<void> Engine::Batch::flush(std::vector<Write>& writes) {
     const std::uint64_t page = os::page_size();
     std::map<std::uint64_t, std::vector<std::pair<std::uint64_t, std::span<const std::uint8_t>>>> pages;
     for (const auto& write : writes) {
-        std::span<const std::uint8_t> rest(write.bytes);
+        std::span<const std::uint8_t> rest(write.bytes.data(), write.length);
         for (std::uint64_t at = write.address; !rest.empty();) {
             std::uint64_t page_start = at / page * page;
             std::size_t here = std::min<std::size_t>(rest.size(), page_start + page - at);
@@ -308,7 +308,9 @@ Result<void> Engine::check_probe_address_locked(std::uint64_t address) {
                                       "or a range added with blacklist_range)",
                                       hex(address)));
     // As tracefs does for sym+offs: decode from the function's start.
-    if (auto function = symbols_locked().function_containing(address); function && function->size != 0) {
+    // A function's first byte is a boundary by definition: no decode needed.
+    if (auto function = symbols_locked().function_containing(address);
+        function && function->size != 0 && function->address != address) {
         auto code = read_original_code(function->address, address - function->address + arch::max_insn_length);
         auto boundary = arch::check_boundary(code, function->address, address);
         if (!boundary) {
@@ -380,7 +382,8 @@ Result<void> Engine::update_arming_locked(ProbePoint& point, Batch& batch) {
 Result<void> Engine::register_one_locked(ProbeRecord& record, const ProbeTarget& target, Batch& batch) {
     if (record.point != nullptr)
         return make_error(Errc::AlreadyRegistered, fmt::format("probe at {} ({}) is registered already",
-                                                               hex(record.address), record.where));
+                                                               hex(record.address),
+                                                               describe_address_locked(record.address)));
     auto address = resolve_locked(target);
     if (!address) return std::unexpected(address.error());
     // A probe inside another's displaced region: that one goes back to int3
@@ -405,11 +408,7 @@ Result<void> Engine::register_one_locked(ProbeRecord& record, const ProbeTarget&
     batch.touched.push_back(point);
     record.point = point;
     record.address = *address;
-    if (auto function = symbols_locked().function_containing(*address))
-        record.where = fmt::format("{}+{:#x} [{}]", demangle(function->name), *address - function->address,
-                                   function->module);
-    else
-        record.where = hex(*address);
+    record.where.clear();  // described lazily, when listed
     return update_arming_locked(*point, batch);
 }
 
@@ -541,6 +540,12 @@ Result<void> Engine::set_enabled(ProbeRecord& record, bool enabled) {
     return finish_batch_locked(batch);
 }
 
+std::string Engine::describe_address_locked(std::uint64_t address) {
+    if (auto function = symbols_locked().function_containing(address))
+        return fmt::format("{}+{:#x} [{}]", demangle(function->name), address - function->address, function->module);
+    return fmt::format("{:#x}", address);
+}
+
 std::vector<ProbeListing> Engine::list() {
     std::lock_guard lock(lock_);
     std::vector<ProbeListing> listing;
@@ -548,6 +553,7 @@ std::vector<ProbeListing> Engine::list() {
         const HandlerList* list = point->handlers.load(std::memory_order_relaxed);
         if (!list) return;
         for (ProbeRecord* record : list->probes) {
+            if (record->where.empty()) record->where = describe_address_locked(record->address);
             std::string kind = point->optimization.load() == Optimization::Optimized ? "optimized"
                                : arch::is_emulated(point->insn)                         ? "emulated"
                                : list->has_post_handler                                 ? "boosted+post-trap"

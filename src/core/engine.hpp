@@ -9,6 +9,8 @@
 
 #include <signal.h>
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -120,12 +122,18 @@ private:
         std::vector<ProbePoint*> touched;  // candidates for (re)optimization
 
     private:
+        // Inline storage: thousands of writes per batch, no allocation each.
+        // A write is a slot or stub (slot_size) or a few bytes of text.
         struct Write {
             std::uint64_t address;
-            std::vector<std::uint8_t> bytes;
+            std::size_t length;
+            std::array<std::uint8_t, arch::slot_size> bytes;
         };
         static void queue(std::vector<Write>& writes, std::uint64_t address, std::span<const std::uint8_t> bytes) {
-            writes.push_back({address, {bytes.begin(), bytes.end()}});
+            auto& write = writes.emplace_back();
+            write.address = address;
+            write.length = std::min(bytes.size(), write.bytes.size());
+            std::copy_n(bytes.begin(), write.length, write.bytes.begin());
         }
         [[nodiscard]] Result<void> flush(std::vector<Write>& writes);
         std::vector<Write> slot_writes_, text_writes_;
@@ -147,6 +155,7 @@ private:
     [[nodiscard]] Result<void> update_arming_locked(ProbePoint& point, Batch& batch);
     std::size_t reclaim_locked();
     [[nodiscard]] bool is_own_code(std::uint64_t pc) const;
+    [[nodiscard]] std::string describe_address_locked(std::uint64_t address);
 
     // Optimization (optimizer.cpp).
     void optimize_locked(std::vector<ProbePoint*> points);

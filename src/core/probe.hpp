@@ -58,7 +58,7 @@ struct ProbeRecord {
     // Owned by the registry (under its lock).
     ProbePoint* point = nullptr;
     std::uint64_t address = 0;
-    std::string where;  // "symbol+0x4 [module]" for listings and messages
+    std::string where;  // "symbol+0x4 [module]", filled when first listed
 
     void count_hit(std::size_t thread_index) noexcept {
         if (thread_index < exclusive_hit_shards) {
