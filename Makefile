@@ -3,7 +3,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build demo test bench install clean
+.PHONY: all deps configure build demo test test-sanitize bench install clean
 
 all: build
 
@@ -24,6 +24,19 @@ test: build
 
 # The kernel-uprobe rows need tracefs.  As root without a mounted tracefs,
 # mount one in a private mount namespace for this run only.
+# UBSan over everything; ASan (with UBSan) over the unit layers only: ASan
+# intercepts sigaction and the fault signals itself, which the engine must
+# own, so the engine's tests run under UBSan alone.
+SANITIZE_FLAGS = -DUKP_BUILD_BENCH=OFF -DCMAKE_CXX_FLAGS=-fno-sanitize-recover=undefined
+test-sanitize: deps
+	@cmake -S . -B $(BUILD)-ubsan -DUKP_SANITIZE=undefined $(SANITIZE_FLAGS) >/dev/null
+	@cmake --build $(BUILD)-ubsan -j $(JOBS)
+	cd $(BUILD)-ubsan && ctest --output-on-failure -j $(JOBS)
+	@cmake -S . -B $(BUILD)-asan -DUKP_SANITIZE=address,undefined $(SANITIZE_FLAGS) >/dev/null
+	@cmake --build $(BUILD)-asan -j $(JOBS) --target ukp_x86_tests ukp_elf_tests
+	$(BUILD)-asan/tests/ukp_x86_tests
+	$(BUILD)-asan/tests/ukp_elf_tests
+
 bench: build
 	@if [ ! -w /sys/kernel/tracing/uprobe_events ] && [ "$$(id -u)" = 0 ] && command -v unshare >/dev/null; then \
 	  unshare -m sh -c 'mount -t tracefs nodev /sys/kernel/tracing && exec $(BUILD)/bench/ukp_bench --benchmark_min_time=0.2'; \

@@ -427,7 +427,10 @@ template <bool Post>
 std::uint64_t optimized_hit(pt_regs* regs) {
     const std::uint64_t data = arch::trampoline_data_address(*regs);
     const std::uint64_t continuation = arch::trampoline_continuation(*regs);
-    auto* point = *reinterpret_cast<ProbePoint* const*>(data);
+    // The data word may be unaligned (after the post call's jump over it):
+    // a fixed-size memcpy compiles to one mov without the undefined load.
+    ProbePoint* point;
+    __builtin_memcpy(&point, reinterpret_cast<const void*>(data), sizeof point);
     ThreadRecord* record = this_thread_record();
     if (record == nullptr) return continuation;
     DispatchScope scope(record);

@@ -113,7 +113,7 @@ TEST(Signals, FaultInSlotWithoutHandlerKillsWithSigsegv) {
 }
 
 TEST(Signals, FaultInHandlerIsAbandonedCountedAndReported) {
-    volatile int* null_pointer = nullptr;
+    volatile int* null_pointer = reinterpret_cast<volatile int*>(0x10);  // unmapped; not nullptr, which is UB a sanitizer would stop
     ukp::Kprobe probe{.addr = function_address(boost_target), .pre_handler = [&](ukp::Kprobe&, ukp::Regs& regs) {
                           regs.di = 1000;  // discarded with the rest of the abandoned call
                           return *null_pointer;
@@ -130,7 +130,7 @@ TEST(Signals, FaultInHandlerIsAbandonedCountedAndReported) {
 }
 
 TEST(Signals, FaultHandlerIsOfferedTheFaultFirst) {
-    volatile int* null_pointer = nullptr;
+    volatile int* null_pointer = reinterpret_cast<volatile int*>(0x10);  // unmapped; not nullptr, which is UB a sanitizer would stop
     int trap_number = -1;
     ukp::Kprobe probe{.addr = function_address(boost_target),
                       .pre_handler = [&](ukp::Kprobe&, ukp::Regs&) { return *null_pointer; },
@@ -147,7 +147,7 @@ TEST(Signals, FaultHandlerIsOfferedTheFaultFirst) {
 }
 
 TEST(Signals, AbortPolicyEndsTheProcessWithAMessage) {
-    volatile int* null_pointer = nullptr;
+    volatile int* null_pointer = reinterpret_cast<volatile int*>(0x10);  // unmapped; not nullptr, which is UB a sanitizer would stop
     ukp::Kprobe probe{.addr = function_address(boost_target),
                       .pre_handler = [&](ukp::Kprobe&, ukp::Regs&) { return *null_pointer; }};
     ASSERT_TRUE(ukp::register_kprobe(probe));
