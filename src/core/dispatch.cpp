@@ -239,9 +239,12 @@ void report_single_step(int signal, siginfo_t* info, void* context) {
     os::deliver_to_program(signal, &step, context, false);
 }
 
-// Delivers a signal to the program as if it had happened at `original`,
-// then resumes where we really are unless the program's handler moved it.
-void deliver_at(int signal, siginfo_t* info, void* context, std::uint64_t original) {
+// Delivers a signal to the program as if it had happened at `original`
+// (a single step in a stub, a fault in a slot or stub).  The program's
+// handler may change the context; we keep that, unless it left the
+// instruction pointer at `original`: then we resume where we really are, so
+// a faulting displaced instruction reruns without running handlers again.
+void deliver_at(int signal, siginfo_t* info, void* context, std::uint64_t original, bool is_fault) {
     const std::uint64_t real = arch::ucontext_instruction_pointer(context);
     pt_regs regs;
     arch::load_regs(context, regs);
@@ -249,7 +252,7 @@ void deliver_at(int signal, siginfo_t* info, void* context, std::uint64_t origin
     ucontext_t translated;
     copy_words(&translated, context, sizeof translated);
     arch::store_regs(regs, &translated);
-    os::deliver_to_program(signal, info, &translated, false);
+    os::deliver_to_program(signal, info, &translated, is_fault);
     pt_regs after;
     arch::load_regs(&translated, after);
     if (arch::instruction_pointer(after) == original) arch::set_instruction_pointer(after, real);
@@ -303,7 +306,7 @@ void on_trap_signal(int signal, siginfo_t* info, void* context) {
                 std::uint64_t original = arch::trampoline_step_address(owner->optimized, pc);
                 if (original == 0) return;
                 scope.leave();
-                deliver_at(signal, info, context, original);
+                deliver_at(signal, info, context, original, false);
                 return;
             }
             auto place = arch::locate_in_slot(owner->insn, slot, pc);
@@ -399,21 +402,8 @@ void on_fault_signal(int signal, siginfo_t* info, void* context) {
     else if (owner && slot == owner->trampoline.load(std::memory_order_relaxed))
         original = arch::trampoline_original_address(owner->optimized, pc);
     if (original != 0) {
-        pt_regs regs;
-        arch::load_regs(context, regs);
-        arch::set_instruction_pointer(regs, original);
         scope.leave();
-        ucontext_t translated;
-        copy_words(&translated, context, sizeof translated);
-        arch::store_regs(regs, &translated);
-        os::deliver_to_program(signal, info, &translated, true);
-        // The program's handler may have changed the context; keep that,
-        // unless it left the probed address untouched: then resume in the
-        // slot so the instruction reruns without running handlers again.
-        pt_regs after;
-        arch::load_regs(&translated, after);
-        if (arch::instruction_pointer(after) == original) arch::set_instruction_pointer(after, pc);
-        arch::store_regs(after, context);
+        deliver_at(signal, info, context, original, true);
         return;
     }
     scope.leave();
