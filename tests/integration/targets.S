@@ -152,6 +152,9 @@ FUNCTION clobber_run
         mov r14, [rdi + 13*8]
         mov r15, [rdi + 14*8]
         mov rdi, [rdi + 5*8]
+        # An entry probe site: a call with every register loaded.  The
+        # callee changes nothing, so every register must come back as it was.
+        call clobber_entry_function
         .globl clobber_site_boost
 clobber_site_boost:
         lea r11, [r11 + 0]              # 4d 8d 5b 00: boosted
@@ -196,6 +199,13 @@ clobber_site_end:
         pop rbp
         ret
 END clobber_run
+
+# Called by clobber_run with every register loaded; changes nothing.
+FUNCTION clobber_entry_function
+        lea r11, [r11 + 0]              # 4d 8d 5b 00
+        nop
+        ret
+END clobber_entry_function
 
 # void single_step_run(void): sets TF, runs a few instructions, clears TF.
 # The program's own SIGTRAP handler sees one TRAP_TRACE per instruction.

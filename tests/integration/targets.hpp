@@ -28,6 +28,7 @@ struct clobber_state {
 };
 void clobber_run(const clobber_state* in, clobber_state* out);
 extern char clobber_site_boost[], clobber_site_emulate[], clobber_site_post[], clobber_site_end[];
+void clobber_entry_function(void);
 
 int opt_plain(int x);
 extern char opt_plain_second[];

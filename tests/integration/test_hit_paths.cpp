@@ -230,9 +230,10 @@ TEST_P(ClobberInvariant, RegistersAndFlagsSurviveTheProbe) {
     clobber_run(&in, &reference);
 
     bool optimized = path.starts_with("optimized");
-    void* site = path.ends_with("boosted") ? clobber_site_boost
-                 : path == "emulated"      ? clobber_site_emulate
-                                           : clobber_site_post;
+    void* site = path == "optimized_entry"     ? function_address(clobber_entry_function)
+                 : path.ends_with("boosted") ? static_cast<void*>(clobber_site_boost)
+                 : path == "emulated"        ? static_cast<void*>(clobber_site_emulate)
+                                             : static_cast<void*>(clobber_site_post);
     ukp::Regs seen{};
     auto probe = probe_at(
         site,
@@ -263,13 +264,15 @@ TEST_P(ClobberInvariant, RegistersAndFlagsSurviveTheProbe) {
     EXPECT_EQ(seen.r13, in.r13);
     EXPECT_EQ(seen.r14, in.r14);
     EXPECT_EQ(seen.r15, in.r15);
-    EXPECT_EQ(seen.sp, reference.rsp);
+    // At the entry probe the call has pushed a return address.
+    EXPECT_EQ(seen.sp, path == "optimized_entry" ? reference.rsp - 8 : reference.rsp);
     EXPECT_EQ(seen.flags & 0xcd7, in.flags & 0xcd7);
     EXPECT_EQ(seen.ip, reinterpret_cast<std::uint64_t>(site));
 }
 
 INSTANTIATE_TEST_SUITE_P(Paths, ClobberInvariant,
-                         ::testing::Values("boosted", "emulated", "post", "optimized_boosted", "optimized_post"),
+                         ::testing::Values("boosted", "emulated", "post", "optimized_boosted", "optimized_post",
+                                           "optimized_entry"),
                          [](const auto& info) { return std::string(info.param); });
 
 }  // namespace
