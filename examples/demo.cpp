@@ -16,7 +16,9 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <chrono>
 #include <cstdio>
+#include <string>
 #include <cstring>
 #include <unistd.h>
 
@@ -157,5 +159,25 @@ int main() {
                 static_cast<unsigned long>(parse_probe.nhit()), static_cast<unsigned long>(write_probe.nhit()),
                 static_cast<unsigned long>(inject_probe.nhit()));
     std::printf("  probes listed now: %zu\n", ukp::list_probes().size());
+
+    std::printf("\n== 6. What a hit costs: the same probe, optimized and as int3\n");
+    constexpr int calls = 20000;
+    auto time_calls = [&] {
+        auto start = std::chrono::steady_clock::now();
+        for (int i = 0; i < calls; ++i) (void)parse_port("8080", 4);
+        return std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - start).count() / calls;
+    };
+    double bare = time_calls();
+    for (unsigned flags : {0u, ukp::flag_no_optimize}) {
+        ukp::Kprobe counter{.addr = reinterpret_cast<void*>(&parse_port),
+                            .pre_handler = [](ukp::Kprobe&, ukp::Regs&) { return 0; },
+                            .flags = flags};
+        if (auto registered = ukp::register_kprobe(counter); !registered) return 1;
+        std::string kind = ukp::list_probes().at(0).kind;
+        double probed = time_calls();
+        std::printf("  %-10s probe: %8.1f ns per call (unprobed call: %.1f ns), %lu hits\n", kind.c_str(), probed,
+                    bare, static_cast<unsigned long>(counter.nhit()));
+        ukp::unregister_kprobe(counter);
+    }
     return 0;
 }

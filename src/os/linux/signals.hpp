@@ -12,7 +12,8 @@
 //    recorded as the program's disposition instead (this library exports
 //    those names, so it interposes on libc when linked or preloaded), and
 //    the program reads back what it set.  A raw rt_sigaction system call
-//    is not seen; check_signal_ownership() repairs it and reports it.
+//    is not seen by the interposition; check_signal_ownership(), run at
+//    every registration, puts our handler back and records the program's.
 // 3. Whatever ukprobes' handler does not consume goes to the program's
 //    disposition exactly as the kernel would have delivered it: its handler
 //    with its sa_mask blocked, or the default action.
