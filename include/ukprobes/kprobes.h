@@ -20,6 +20,7 @@
 #define UKPROBES_KPROBES_H
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 
 #include "ukprobes/pt_regs.h"
@@ -77,6 +78,58 @@ void ukprobes_blacklist_range(unsigned long start, unsigned long end);
 /* Never probe the whole function that holds `address` (its ELF symbol's size
  * bounds it; resolved when probes are placed). */
 void ukprobes_blacklist_function(unsigned long address);
+
+/*
+ * Return probes.  kp names a function's entry (offset 0); its pre_handler is
+ * set by register_kretprobe.  maxactive: the most calls of the function per
+ * thread whose return is watched at once (recursion depth), <= 0 for 64;
+ * calls beyond it count in nmissed.  data_size bytes of ri->data (16-byte
+ * aligned) belong to one call, from entry_handler to handler.  Calls left
+ * by longjmp, a C++ exception or pthread_exit run no handler and count in
+ * kretprobe_nabandoned().  After unregister_kretprobe, pending calls still
+ * return correctly and no handler runs.
+ */
+struct kretprobe_instance;
+typedef int (*kretprobe_handler_t)(struct kretprobe_instance *, struct pt_regs *);
+
+struct kretprobe {
+	struct kprobe kp;
+	kretprobe_handler_t handler;
+	kretprobe_handler_t entry_handler;
+	int maxactive;
+	int nmissed;
+	size_t data_size;
+
+	void *ukprobes_private;	/* the engine's; zero-initialise it */
+};
+
+struct kretprobe_instance {
+	struct kretprobe *rp;		/* valid while the probe is registered */
+	kprobe_opcode_t *ret_addr;	/* where the function returns to */
+	void *fp;			/* where its return address is stored */
+	void *ukprobes_private[5];
+	char data[];
+};
+
+int register_kretprobe(struct kretprobe *rp);
+void unregister_kretprobe(struct kretprobe *rp);
+int register_kretprobes(struct kretprobe **rps, int num);
+void unregister_kretprobes(struct kretprobe **rps, int num);
+/* Watched calls left without returning (longjmp, exception, pthread_exit). */
+unsigned long kretprobe_nabandoned(const struct kretprobe *rp);
+
+static inline struct kretprobe *get_kretprobe(struct kretprobe_instance *ri)
+{
+	return ri->rp;
+}
+
+/* The kernel's monotonic clock, in nanoseconds (ktime_get). */
+typedef long long s64;
+typedef s64 ktime_t;
+long long ukprobes_ktime_get_ns(void);
+static inline ktime_t ktime_get(void) { return ukprobes_ktime_get_ns(); }
+static inline ktime_t ktime_sub(ktime_t a, ktime_t b) { return a - b; }
+static inline s64 ktime_to_ns(ktime_t kt) { return kt; }
 
 static inline int kprobe_disabled(const struct kprobe *p)
 {

@@ -27,6 +27,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <span>
@@ -150,5 +151,94 @@ std::size_t optimize_pending_probes();
 // Frees slots of unregistered probes that earlier unregistrations had to
 // leave because a thread was still inside; returns how many still wait.
 std::size_t reclaim_retired_probes();
+
+// --- Return probes (the kernel's kretprobes) ------------------------------
+//
+//   ukp::Kretprobe timing{.kp = {.symbol_name = "compress"},
+//                         .handler = [](ukp::KretprobeInstance& instance, ukp::Regs& regs) {
+//                             auto started = *static_cast<std::uint64_t*>(instance.data);
+//                             /* regs.ax: the return value */
+//                             return 0;
+//                         },
+//                         .entry_handler = [](ukp::KretprobeInstance& instance, ukp::Regs&) {
+//                             *static_cast<std::uint64_t*>(instance.data) = now();
+//                             return 0;
+//                         },
+//                         .data_size = sizeof(std::uint64_t)};
+//
+// Semantics follow the kernel's (Documentation/trace/kprobes.rst, "Return
+// probes"): kp names a function's first instruction (kp.offset must be 0,
+// kp must have no handlers of its own: its pre_handler is the return
+// probe's).  On each call, entry_handler runs at entry with the function's
+// registers; non-zero from it means "do not watch this call's return".  When
+// the function returns, handler runs with the registers as the function
+// left them (regs.ax: regs_return_value()) and regs.ip = the real return
+// address; changes to the general registers are kept, changes to ip and sp
+// are not.  Both see the same instance, whose `data` holds data_size bytes
+// (16-byte aligned, not zeroed) private to this call.
+//
+// maxactive: in user space, the most calls of this function per thread whose
+// return is watched at the same time (recursion depth); <= 0 means 64.
+// Calls beyond it run unwatched and count in nmissed().
+//
+// Calls left without returning: longjmp, a C++ exception, pthread_exit.  They
+// run no return handler; nabandoned() counts them.  The return addresses are
+// put back before an exception's unwinder or pthread_exit see the stack, so
+// exceptions propagate exactly as without the probe.  Not yet handled:
+// pthread_cancel through a watched call (the process aborts in glibc), alternate
+// signal stacks above the thread's stack, coroutine stack switching.
+//
+// After unregister_kretprobe returns, no handler of the probe runs any more;
+// calls still pending return to the right place.  The object may then be
+// destroyed even while calls are pending.
+struct Kretprobe;
+
+struct KretprobeInstance {
+    void* data;                   // data_size bytes, 16-byte aligned
+    Kretprobe* rp;
+    std::uint64_t return_address; // where the function returns to
+    std::uint64_t stack_slot;     // where its return address is stored
+};
+
+using ReturnHandler = std::function<int(KretprobeInstance&, Regs&)>;
+
+namespace detail {
+struct KretprobeState;
+class KretprobeRegistration {
+public:
+    KretprobeRegistration() = default;
+    KretprobeRegistration(const KretprobeRegistration&) = delete;
+    KretprobeRegistration& operator=(const KretprobeRegistration&) = delete;
+    ~KretprobeRegistration();
+    KretprobeState* state = nullptr;
+};
+}  // namespace detail
+
+struct Kretprobe {
+    Kprobe kp{};
+    ReturnHandler handler{};
+    ReturnHandler entry_handler{};
+    std::size_t data_size = 0;
+    int maxactive = 0;
+
+    // Counters of the current (or last) registration.
+    // Calls not watched: maxactive reached (kernel: nmissed).
+    [[nodiscard]] std::uint64_t nmissed() const noexcept;
+    // Watched calls left without returning (longjmp, exception, pthread_exit).
+    [[nodiscard]] std::uint64_t nabandoned() const noexcept;
+    // Watched calls not yet returned, in every thread.
+    [[nodiscard]] std::uint64_t npending() const noexcept;
+    [[nodiscard]] bool is_registered() const noexcept;
+
+    // Last member: destroyed first, it unregisters a registered probe while
+    // kp and the handlers still exist.
+    detail::KretprobeRegistration registration{};  // the engine's; do not touch
+};
+
+[[nodiscard]] Result<void> register_kretprobe(Kretprobe& probe);
+void unregister_kretprobe(Kretprobe& probe);
+// All or nothing, like register_kprobes.
+[[nodiscard]] Result<void> register_kretprobes(std::span<Kretprobe* const> probes);
+void unregister_kretprobes(std::span<Kretprobe* const> probes);
 
 }  // namespace ukp

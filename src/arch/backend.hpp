@@ -135,4 +135,15 @@ struct Memory {
 // (inline, in the backend's backend_types.hpp)
 // void complete_trampoline_regs(pt_regs& regs, std::uint64_t ip) noexcept;
 
+// --- Return probes (src/arch/x86_64/return_trampoline.cpp) ---
+
+// The address a hijacked return goes to.
+[[nodiscard]] std::uint64_t return_trampoline_address() noexcept;
+// At a function's first instruction: where its return address is stored.
+[[nodiscard]] std::uint64_t return_address_slot_at_entry(const pt_regs& regs) noexcept;
+// In the return trampoline: where the return address was stored.
+[[nodiscard]] std::uint64_t return_address_slot_at_return(const pt_regs& regs) noexcept;
+// Called once before the first return probe is armed.
+void prepare_return_trampoline() noexcept;
+
 }  // namespace ukp::arch

@@ -42,6 +42,7 @@
 
 #include "arch/backend.hpp"
 #include "core/engine.hpp"
+#include "core/handler_call.hpp"
 #include "core/thread_state.hpp"
 #include "os/linux/raw_syscall.hpp"
 #include "os/linux/signals.hpp"
@@ -49,37 +50,6 @@
 namespace ukp::core {
 
 namespace {
-
-enum class EscapeKind : std::uint8_t { None, Handler, MemoryAccess };
-thread_local EscapeKind escape_kind = EscapeKind::None;
-
-// Steps 1 and its reverse: the outermost entry and exit flip the sequence.
-class DispatchScope {
-public:
-    // Plain stores: only this thread writes its sequence, and the grace
-    // period orders them with membarrier (thread_state.hpp).  The signal
-    // fences keep the compiler from moving lookups across them.
-    explicit DispatchScope(ThreadRecord* record) noexcept : record_(record) {
-        if (record_->dispatch_depth++ == 0) bump(record_);
-        std::atomic_signal_fence(std::memory_order_seq_cst);
-    }
-    ~DispatchScope() { leave(); }
-    void leave() noexcept {
-        if (record_ == nullptr) return;
-        std::atomic_signal_fence(std::memory_order_seq_cst);
-        if (--record_->dispatch_depth == 0) bump(record_);
-        record_ = nullptr;
-    }
-    DispatchScope(const DispatchScope&) = delete;
-    DispatchScope& operator=(const DispatchScope&) = delete;
-
-private:
-    static void bump(ThreadRecord* record) noexcept {
-        auto& sequence = record->dispatch_sequence;
-        sequence.store(sequence.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-    }
-    ThreadRecord* record_;
-};
 
 // pt_regs by quadwords: the trampoline has just stored it one quadword at a
 // time, and wider (vector) loads would stall waiting for those stores.  Not
@@ -97,11 +67,7 @@ void copy_words(void* to, const void* from, std::size_t size) noexcept {
     for (std::size_t i = 0; i < size / sizeof(std::uint64_t); ++i) target[i] = source[i];
 }
 
-void write_stderr(const char* text) noexcept {
-    std::size_t length = 0;
-    while (text[length] != '\0') ++length;
-    (void)os::raw_write(2, text, length);
-}
+void write_stderr(const char* text) noexcept { os::raw_write_stderr(text); }
 
 void write_hex(char* out, std::uint64_t value) noexcept {
     static const char digits[] = "0123456789abcdef";
@@ -109,33 +75,6 @@ void write_hex(char* out, std::uint64_t value) noexcept {
     out[1] = 'x';
     for (int i = 0; i < 16; ++i) out[2 + i] = digits[(value >> (60 - 4 * i)) & 0xf];
     out[18] = '\0';
-}
-
-// Calls a user handler so that a fault inside it returns here instead of
-// reaching the program.  __builtin_setjmp saves only a frame and stack
-// pointer: no libc, no signal mask system call (our handlers run with
-// SA_NODEFER, so the mask needs no restoring).
-template <class Call>
-[[gnu::noinline]] bool call_guarded(ThreadRecord* record, EscapeKind kind, Call&& call) {
-    EscapeKind outer = escape_kind;
-    bool saved_armed = record->handler_escape_armed;
-    // Only a nested call (an emulator access inside a handler's probe hit)
-    // has an outer escape point to keep.
-    void* saved_escape[5];
-    if (saved_armed)
-        for (int i = 0; i < 5; ++i) saved_escape[i] = record->handler_escape[i];
-    bool completed = false;
-    if (__builtin_setjmp(record->handler_escape) == 0) {
-        record->handler_escape_armed = true;
-        escape_kind = kind;
-        call();
-        completed = true;
-    }
-    escape_kind = outer;
-    if (saved_armed)
-        for (int i = 0; i < 5; ++i) record->handler_escape[i] = saved_escape[i];
-    record->handler_escape_armed = saved_armed;
-    return completed;
 }
 
 bool guarded_read(std::uint64_t address, void* out, std::size_t size, void* context) {
@@ -328,12 +267,7 @@ void on_trap_signal(int signal, siginfo_t* info, void* context) {
 
 [[noreturn]] void abort_for_handler_fault(const char* line) {
     write_stderr(line);
-    write_stderr("ukprobes: aborting (handler fault policy is Abort)\n");
-    struct sigaction default_action {};
-    default_action.sa_handler = SIG_DFL;
-    os::raw_syscall(SYS_rt_sigaction, SIGABRT, reinterpret_cast<long>(&default_action), 0, 8);
-    os::raw_tgkill(os::raw_getpid(), os::raw_gettid(), SIGABRT);
-    for (;;) os::raw_syscall(SYS_exit_group, 134);
+    os::abort_with_message("ukprobes: aborting (handler fault policy is Abort)\n");
 }
 
 void on_fault_signal(int signal, siginfo_t* info, void* context) {
@@ -347,13 +281,13 @@ void on_fault_signal(int signal, siginfo_t* info, void* context) {
     std::uint64_t pc = arch::ucontext_instruction_pointer(context);
 
     // An emulator access that would fault: abandon it (see execute_displaced).
-    if (record->handler_escape_armed && escape_kind == EscapeKind::MemoryAccess) {
+    if (record->handler_escape_armed && record->escape_kind == EscapeKind::MemoryAccess) {
         scope.leave();
         __builtin_longjmp(record->handler_escape, 1);
     }
 
     // A fault in a user handler.
-    if (record->handler_escape_armed && escape_kind == EscapeKind::Handler && record->current_probe != nullptr) {
+    if (record->handler_escape_armed && record->escape_kind == EscapeKind::Handler && record->current_probe != nullptr) {
         ProbeRecord* probe = record->current_probe;
         if (probe->fault_handler != nullptr) {
             pt_regs regs;

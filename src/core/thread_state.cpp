@@ -73,6 +73,11 @@ ThreadRecord* detail::claim_this_thread_record() noexcept {
     int tid = os::raw_gettid();
     auto* record = claim_record(tid);
     if (record == nullptr) return nullptr;
+    // Instances left by the exited thread that held this record before.
+    while (ReturnInstance* stale = record->return_stack.top()) {
+        abandon_return_instance(*stale);
+        record->return_stack.pop();
+    }
     release_stale_records_of(tid, record);
     detail::this_thread = record;
     return record;
@@ -90,6 +95,75 @@ void release_exited_thread_records() noexcept {
             record.tid.compare_exchange_strong(expected, 0);
         }
     });
+}
+
+// Return-instance chunks.  Layout: this header, then instances, each
+// 16-byte aligned (an instance's data may hold anything the user puts there).
+struct ReturnStackChunk {
+    ReturnStackChunk* previous;
+    ReturnStackChunk* next;  // kept after popping, for reuse
+    std::size_t size;        // bytes mapped, header included
+    std::uint64_t reserved;
+};
+static_assert(sizeof(ReturnStackChunk) % 16 == 0);
+
+namespace {
+constexpr std::size_t return_chunk_size = 64 * 1024;
+
+std::size_t instance_size(std::size_t data_size) noexcept {
+    return (sizeof(ReturnInstance) + data_size + 15) & ~std::size_t{15};
+}
+
+ReturnStackChunk* map_return_chunk(std::size_t at_least, ReturnStackChunk* previous) noexcept {
+    std::size_t size = return_chunk_size;
+    while (size < at_least + sizeof(ReturnStackChunk)) size *= 2;
+    long address = os::raw_syscall(SYS_mmap, 0, static_cast<long>(size), PROT_READ | PROT_WRITE,
+                                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (address < 0 && address > -4096) return nullptr;
+    return new (reinterpret_cast<void*>(address)) ReturnStackChunk{previous, nullptr, size, 0};
+}
+
+std::byte* chunk_begin(ReturnStackChunk* chunk) noexcept {
+    return reinterpret_cast<std::byte*>(chunk) + sizeof(ReturnStackChunk);
+}
+std::byte* chunk_end(ReturnStackChunk* chunk) noexcept { return reinterpret_cast<std::byte*>(chunk) + chunk->size; }
+}  // namespace
+
+ReturnInstance* ReturnStack::push(std::size_t data_size) noexcept {
+    const std::size_t size = instance_size(data_size);
+    if (chunk_ == nullptr) {
+        chunk_ = map_return_chunk(size, nullptr);
+        if (chunk_ == nullptr) return nullptr;
+        free_ = chunk_begin(chunk_);
+    }
+    // Move up to the next chunk (reused or new) until the instance fits.
+    while (free_ + size > chunk_end(chunk_)) {
+        if (chunk_->next != nullptr && chunk_begin(chunk_->next) + size <= chunk_end(chunk_->next)) {
+            chunk_ = chunk_->next;
+        } else {
+            // A kept chunk too small for this instance stays linked after the new one.
+            ReturnStackChunk* fresh = map_return_chunk(size, chunk_);
+            if (fresh == nullptr) return nullptr;
+            fresh->next = chunk_->next;
+            chunk_->next = fresh;
+            chunk_ = fresh;
+        }
+        free_ = chunk_begin(chunk_);
+    }
+    auto* instance = new (free_) ReturnInstance{};
+    instance->below = top_;
+    instance->chunk = chunk_;
+    free_ += size;
+    top_ = instance;
+    return instance;
+}
+
+void ReturnStack::pop() noexcept {
+    ReturnInstance* instance = top_;
+    if (instance == nullptr) return;
+    top_ = instance->below;
+    chunk_ = instance->chunk;
+    free_ = reinterpret_cast<std::byte*>(instance);
 }
 
 void adopt_records_after_fork() noexcept {

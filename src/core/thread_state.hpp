@@ -21,15 +21,66 @@
 //   grace period supplies the ordering instead, with
 //   membarrier(PRIVATE_EXPEDITED) between unpublishing a probe and reading
 //   the sequences (the asymmetric fence of liburcu's membarrier flavour).
+// - Return probes keep, per thread, a LIFO stack of return instances (one
+//   per hijacked return address, kretprobe.cpp).  Entries are pushed from
+//   the trap path, so the stack grows in chunks mapped with a raw mmap and
+//   never freed; popping keeps chunks for reuse.  The chunks are private
+//   anonymous memory: a fork child inherits them at the same addresses, so
+//   its one thread finds its pending instances where the parent left them.
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 
 namespace ukp::core {
 
 struct ProbeRecord;
 struct ProbePoint;
+
+// What a guarded call on this thread protects (handler_call.hpp): a fault
+// while it runs abandons the call instead of reaching the program.
+enum class EscapeKind : std::uint8_t { None, Handler, MemoryAccess };
+struct ReturnProbe;  // core/kretprobe.hpp
+struct ReturnStackChunk;
+
+// One hijacked return (kernel: kretprobe_instance).  The first three fields
+// and the 64-byte header size are the C API's struct kretprobe_instance
+// (rp, ret_addr, fp, then data[]); kretprobe.cpp checks that with
+// static_assert.  `data_size` bytes of the probe's data follow the header.
+struct ReturnInstance {
+    void* front_end;               // the Kretprobe or struct kretprobe
+    std::uint64_t return_address;  // the real one, put back on return
+    std::uint64_t slot;            // where the return address lives on the stack
+    ReturnProbe* probe;
+    ReturnInstance* below;
+    ReturnStackChunk* chunk;
+    std::uint32_t probe_depth;     // live instances of `probe` on this thread, this one included
+    std::uint32_t armed;           // 0 until the return address is hijacked
+    std::uint64_t reserved;
+};
+static_assert(sizeof(ReturnInstance) == 64);
+
+// The per-thread LIFO of return instances.  Only the owning thread touches
+// it (and, after the thread exited, whoever claims its record).
+// Async-signal-safe: memory comes from raw mmap, never malloc.
+class ReturnStack {
+public:
+    [[nodiscard]] ReturnInstance* top() const noexcept { return top_; }
+    // A new instance with `data_size` bytes of data on top, zeroed header;
+    // nullptr when no memory can be mapped.
+    [[nodiscard]] ReturnInstance* push(std::size_t data_size) noexcept;
+    void pop() noexcept;
+
+private:
+    ReturnInstance* top_ = nullptr;
+    ReturnStackChunk* chunk_ = nullptr;  // holds the top (or is the first chunk)
+    std::byte* free_ = nullptr;          // first free byte in chunk_
+};
+
+// Releases an instance whose thread will never return through it (the
+// thread exited, or its frame was unwound); kretprobe.cpp.
+void abandon_return_instance(ReturnInstance& instance) noexcept;
 
 struct ThreadRecord {
     std::atomic<int> tid{0};  // 0: free
@@ -43,6 +94,10 @@ struct ThreadRecord {
     // Where a faulting handler is abandoned to (see dispatch.cpp).
     void* handler_escape[5] = {};
     bool handler_escape_armed = false;
+    EscapeKind escape_kind = EscapeKind::None;
+
+    // Pending returns of return probes (kretprobe.cpp).
+    ReturnStack return_stack;
 };
 
 namespace detail {

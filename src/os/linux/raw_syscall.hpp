@@ -31,4 +31,21 @@ inline long raw_write(int fd, const void* data, std::size_t size) {
     return raw_syscall(SYS_write, fd, reinterpret_cast<long>(data), static_cast<long>(size));
 }
 
+// A message on stderr without libc (for the trap path).
+inline void raw_write_stderr(const char* text) {
+    std::size_t length = 0;
+    while (text[length] != '\0') ++length;
+    (void)raw_write(2, text, length);
+}
+
+// Prints `text` and ends the process with SIGABRT, whatever the program's
+// SIGABRT disposition: for states the trap path cannot recover from.
+[[noreturn]] inline void abort_with_message(const char* text) {
+    raw_write_stderr(text);
+    long default_action[4] = {0 /* SIG_DFL */, 0, 0, 0};  // the kernel's struct sigaction
+    raw_syscall(SYS_rt_sigaction, 6 /* SIGABRT */, reinterpret_cast<long>(default_action), 0, 8);
+    raw_tgkill(raw_getpid(), raw_gettid(), 6 /* SIGABRT */);
+    for (;;) raw_syscall(SYS_exit_group, 134);
+}
+
 }  // namespace ukp::os

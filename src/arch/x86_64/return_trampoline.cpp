@@ -1,0 +1,198 @@
+// The return trampoline of return probes (core/kretprobe.hpp).
+//
+// Facts it relies on (System V x86-64 psABI):
+// - At a function's first instruction, [rsp] is the return address; the
+//   entry probe overwrites that word with ukp_return_trampoline, so the
+//   function's `ret` arrives here with rsp = slot + 8 and every register as
+//   the function left it: rax/rdx, xmm0/xmm1 (ymm0/zmm0 for vector types),
+//   st0/st1 (long double) may hold the return value.
+// - Nothing below rsp is live: the function has returned, and a caller
+//   that made a call keeps nothing in its red zone across it.
+// - Caller-saved registers are NOT dead: GCC's interprocedural register
+//   allocation (-fipa-ra) lets a caller keep values in registers a callee of
+//   the same unit is known not to clobber.  So every GPR, the flags and
+//   xmm0-15 (with their ymm/zmm upper halves when in use, read from XINUSE
+//   like the optimized bodies do) come back exactly as they were.
+//   zmm16-31 and k0-7 are not saved: our own code never touches them; a
+//   handler compiled for AVX-512 that uses them would clobber them.
+//   Revisit if that becomes a real case.
+// - The x87 stack must be empty at a call: when TOP != 0 (a long double
+//   is being returned) the stack is saved and emptied with fnsave, and put
+//   back with frstor.  That path is rare and slow; the common one costs one
+//   fnstsw.
+//
+// Frame, from the slot S (where the return address was) downwards:
+//   S          the real return address, written before the exit
+//   S-8        the flags (pushfq)
+//   below      struct pt_regs, then the 64-byte aligned vector area
+// Exit: restore everything from pt_regs, rsp = S, `ret`: rip = the real
+// return address, rsp = S + 8, exactly what the caller expects.  A signal
+// arriving before the `ret` builds its frame below S - 128: [S] is safe.
+#include <cpuid.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "arch/x86_64/trampoline.hpp"
+#include "arch/backend.hpp"
+
+extern "C" {
+// 1 when xgetbv(ecx=1) may be used (XINUSE), set by prepare_return_trampoline.
+__attribute__((visibility("hidden"))) std::uint32_t ukp_return_trampoline_xinuse = 0;
+// core/kretprobe.cpp: runs the return handlers, returns the real address.
+std::uint64_t ukp_return_probe_hit(pt_regs* regs);
+extern char ukp_return_trampoline[];
+}
+
+namespace ukp::x86 {
+
+namespace {
+constexpr std::size_t vector_area = 64 * 16 + 128;  // zmm0-15, then the fnsave image (108 bytes)
+constexpr std::size_t fnsave_offset = 64 * 16;
+static_assert(vector_area % 64 == 0);
+}  // namespace
+
+__attribute__((used)) static void define_return_trampoline() {
+    asm volatile(
+        R"(
+        .pushsection .text
+        .intel_syntax noprefix
+        # A nop before the entry, so that a backtrace that looks up
+        # "return address - 1" does not land in the previous function.
+        .p2align 4
+        nop
+        .globl ukp_return_trampoline
+        .hidden ukp_return_trampoline
+        .type ukp_return_trampoline, @function
+ukp_return_trampoline:
+        lea rsp, [rsp - 8]
+        pushfq
+        lea rsp, [rsp - %c[regs_size]]
+        mov [rsp + %c[r15]], r15
+        mov [rsp + %c[r14]], r14
+        mov [rsp + %c[r13]], r13
+        mov [rsp + %c[r12]], r12
+        mov [rsp + %c[bp]], rbp
+        mov [rsp + %c[bx]], rbx
+        mov [rsp + %c[r11]], r11
+        mov [rsp + %c[r10]], r10
+        mov [rsp + %c[r9]], r9
+        mov [rsp + %c[r8]], r8
+        mov [rsp + %c[ax]], rax
+        mov [rsp + %c[cx]], rcx
+        mov [rsp + %c[dx]], rdx
+        mov [rsp + %c[si]], rsi
+        mov [rsp + %c[di]], rdi
+        mov rbx, rsp
+        mov rax, [rbx + %c[regs_size]]
+        mov [rbx + %c[flags]], rax
+        lea rax, [rbx + %c[regs_size] + 16]
+        mov [rbx + %c[sp]], rax
+        mov qword ptr [rbx + %c[orig_ax]], -1
+        mov qword ptr [rbx + %c[ip]], 0
+        mov qword ptr [rbx + %c[cs]], 0x33
+        mov qword ptr [rbx + %c[ss]], 0x2b
+        cld
+        and rsp, -64
+        sub rsp, %c[vector_area]
+        xor eax, eax
+        cmp dword ptr [rip + ukp_return_trampoline_xinuse], 0
+        je 1f
+        mov ecx, 1
+        xgetbv
+1:      mov r12d, eax
+        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+        movaps [rsp + 64*\i], xmm\i
+        .endr
+        test r12d, 0x4
+        jz 2f
+        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+        vmovdqu [rsp + 64*\i], ymm\i
+        .endr
+2:      test r12d, 0x40
+        jz 3f
+        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+        vmovdqu64 [rsp + 64*\i], zmm\i
+        .endr
+3:      fnstsw ax
+        movzx r13d, ax
+        and r13d, 0x3800
+        jz 4f
+        fnsave [rsp + %c[fnsave]]
+4:
+        mov rdi, rbx
+        call ukp_return_probe_hit
+        mov [rbx + %c[regs_size] + 8], rax
+
+        test r13d, r13d
+        jz 5f
+        frstor [rsp + %c[fnsave]]
+5:      test r12d, 0x40
+        jz 6f
+        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+        vmovdqu64 zmm\i, [rsp + 64*\i]
+        .endr
+        jmp 8f
+6:      test r12d, 0x4
+        jz 7f
+        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+        vmovdqu ymm\i, [rsp + 64*\i]
+        .endr
+        jmp 8f
+7:
+        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+        movaps xmm\i, [rsp + 64*\i]
+        .endr
+8:
+        mov rsp, rbx
+        push qword ptr [rsp + %c[flags]]
+        popfq
+        mov r15, [rsp + %c[r15]]
+        mov r14, [rsp + %c[r14]]
+        mov r13, [rsp + %c[r13]]
+        mov r12, [rsp + %c[r12]]
+        mov rbp, [rsp + %c[bp]]
+        mov rbx, [rsp + %c[bx]]
+        mov r11, [rsp + %c[r11]]
+        mov r10, [rsp + %c[r10]]
+        mov r9, [rsp + %c[r9]]
+        mov r8, [rsp + %c[r8]]
+        mov rax, [rsp + %c[ax]]
+        mov rcx, [rsp + %c[cx]]
+        mov rdx, [rsp + %c[dx]]
+        mov rsi, [rsp + %c[si]]
+        mov rdi, [rsp + %c[di]]
+        # lea, not add: the flags are restored already.
+        lea rsp, [rsp + %c[regs_size] + 8]
+        ret
+        .size ukp_return_trampoline, .-ukp_return_trampoline
+        .att_syntax prefix
+        .popsection
+        )" ::[r15] "i"(offsetof(pt_regs, r15)),
+        [r14] "i"(offsetof(pt_regs, r14)), [r13] "i"(offsetof(pt_regs, r13)), [r12] "i"(offsetof(pt_regs, r12)),
+        [bp] "i"(offsetof(pt_regs, bp)), [bx] "i"(offsetof(pt_regs, bx)), [r11] "i"(offsetof(pt_regs, r11)),
+        [r10] "i"(offsetof(pt_regs, r10)), [r9] "i"(offsetof(pt_regs, r9)), [r8] "i"(offsetof(pt_regs, r8)),
+        [ax] "i"(offsetof(pt_regs, ax)), [cx] "i"(offsetof(pt_regs, cx)), [dx] "i"(offsetof(pt_regs, dx)),
+        [si] "i"(offsetof(pt_regs, si)), [di] "i"(offsetof(pt_regs, di)), [orig_ax] "i"(offsetof(pt_regs, orig_ax)),
+        [ip] "i"(offsetof(pt_regs, ip)), [cs] "i"(offsetof(pt_regs, cs)), [ss] "i"(offsetof(pt_regs, ss)),
+        [flags] "i"(offsetof(pt_regs, flags)), [sp] "i"(offsetof(pt_regs, sp)), [regs_size] "i"(sizeof(pt_regs)),
+        [vector_area] "i"(vector_area), [fnsave] "i"(fnsave_offset));
+}
+
+}  // namespace ukp::x86
+
+namespace ukp::arch {
+
+std::uint64_t return_trampoline_address() noexcept { return reinterpret_cast<std::uint64_t>(ukp_return_trampoline); }
+
+// `call` pushed the return address: at the first instruction it is [rsp].
+std::uint64_t return_address_slot_at_entry(const pt_regs& regs) noexcept { return regs.sp; }
+
+// `ret` popped it: the trampoline's pt_regs.sp is one word above the slot.
+std::uint64_t return_address_slot_at_return(const pt_regs& regs) noexcept { return regs.sp - 8; }
+
+void prepare_return_trampoline() noexcept {
+    if (x86::cpu_supports_trampolines()) __atomic_store_n(&ukp_return_trampoline_xinuse, 1, __ATOMIC_RELAXED);
+}
+
+}  // namespace ukp::arch

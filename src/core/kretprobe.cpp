@@ -1,0 +1,506 @@
+// Return probes: the generic engine part, the C++ front end (ukp::Kretprobe)
+// and the kernel-compatible C front end (struct kretprobe), plus the
+// interposers that keep unwinding working.  See core/kretprobe.hpp for the
+// mechanism and the lifetime of a ReturnProbe.
+//
+// Entry, in the entry probe's pre-handler (a trap or an optimized
+// trampoline; handlers of other probes hit on this thread meanwhile are
+// missed, so the thread's return stack is never reentered):
+//   1. Drop this thread's instances whose frames are gone: their slot lies
+//      below the new one (longjmp and friends unwound them), or equals it
+//      while the word there is not the trampoline (the frame was unwound and
+//      the same call site called again).
+//   2. When this probe has maxactive live instances on this thread, count a
+//      miss and leave the function alone.
+//   3. Push an instance; run the entry handler, which may fill its data;
+//      non-zero from it pops the instance again (kernel semantics).
+//   4. Hijack: the slot gets the trampoline's address.  When the slot held
+//      the trampoline already (a tail call from another return-probed
+//      function), the real return address is the one of the instance below.
+//
+// Return, in ukp_return_probe_hit (called by the trampoline):
+//   1. Drop instances deeper than the slot (abandoned).
+//   2. Every instance on this slot, top first (more than one after tail
+//      calls): regs.ip = the real return address, run the return handler
+//      unless the probe is gone, pop.
+//   3. Return the real return address to the trampoline.
+//   No instance for the slot means our bookkeeping is broken: abort with a
+//   message rather than jump somewhere.
+//
+// Unregistration (retire_return_probe), numbered like the grace periods:
+//   1. Unregister the entry probe: no new instances once it returns.
+//   2. Set `gone`.
+//   3. wait_for_dispatchers(): the return path enters the dispatcher (odd
+//      sequence) before it reads `gone` and leaves it after the handler, so
+//      after the wait no thread runs or will run the handler.  Then the
+//      front end's object may go; instances keep the ReturnProbe alive.
+//
+// What unwinding does to hijacked returns:
+//   - longjmp, siglongjmp, swapcontext back to an older frame: the
+//     instances stay on the stack until step 1 of the next entry or return
+//     drops them (counted in nabandoned).  A slot is never written after its
+//     frame is gone.
+//   - C++ exceptions: the unwinder must never see the trampoline as a return
+//     address.  _Unwind_RaiseException and _Unwind_Resume_or_Rethrow are
+//     interposed: before the real one runs, every live slot of this thread
+//     gets its real return address back and every instance is dropped
+//     (nabandoned).  The frames the exception leaves run no return handler
+//     (the kernel has no exceptions to follow); neither do frames it passes
+//     by if a handler below them catches it.
+//   - pthread_exit: interposed the same way before glibc's forced unwind.
+//   - pthread_cancel is NOT handled: glibc's cancellation unwinds through a
+//     libgcc pointer that cannot be interposed.  Revisit.
+// Assumption to revisit: instances are ordered by stack address, which a
+// handler on an alternate signal stack placed above the thread's stack, or
+// coroutines with their own stacks, break.
+#include "core/kretprobe.hpp"
+#include "core/handler_call.hpp"
+
+#include <dlfcn.h>
+#include <pthread.h>
+#include <signal.h>
+#include <time.h>
+#include <unwind.h>
+
+#include <cstring>
+#include <mutex>
+
+#include "core/engine.hpp"
+#include "os/linux/raw_syscall.hpp"
+#include "ukprobes/kprobes.h"
+#include "ukprobes/ukprobes.hpp"
+
+#define UKP_API __attribute__((visibility("default")))
+
+namespace ukp::core {
+
+namespace {
+
+// Marks the thread as running a probe handler while the return path works
+// on its return stack: a probe hit meanwhile (a signal handler calling a
+// probed function) is missed instead of reentering.  Never dereferenced.
+ProbeRecord return_path_marker;
+
+[[noreturn]] void fatal(const char* text) noexcept { os::abort_with_message(text); }
+
+// The return path enters the dispatcher (grace periods see it) and counts as
+// a running handler: a probe hit meanwhile, say by a signal handler calling a
+// probed function, is missed rather than reentering the return stack.
+class ReturnPathScope {
+public:
+    explicit ReturnPathScope(ThreadRecord* record) noexcept
+        : scope_(record), record_(record), saved_probe_(record->current_probe), saved_point_(record->current_point) {
+        record_->current_probe = &return_path_marker;
+    }
+    ~ReturnPathScope() {
+        record_->current_probe = saved_probe_;
+        record_->current_point = saved_point_;
+    }
+    ReturnPathScope(const ReturnPathScope&) = delete;
+    ReturnPathScope& operator=(const ReturnPathScope&) = delete;
+
+private:
+    DispatchScope scope_;  // declared first: left last
+    ThreadRecord* record_;
+    ProbeRecord* saved_probe_;
+    ProbePoint* saved_point_;
+};
+
+// Pops the top instance for good.  `pending` is the last access to the
+// probe: after it, its owner may delete it.
+void release_top(ReturnStack& stack) noexcept {
+    ReturnProbe* probe = stack.top()->probe;
+    stack.pop();
+    probe->pending.fetch_sub(1, std::memory_order_release);
+}
+
+void drop_top_abandoned(ReturnStack& stack) noexcept {
+    ReturnInstance* instance = stack.top();
+    if (instance->armed) {
+        instance->probe->nabandoned.fetch_add(1, std::memory_order_relaxed);
+        release_top(stack);
+    } else {
+        stack.pop();  // an entry handler faulted before the hijack: never counted
+    }
+}
+
+std::uint32_t live_instances(const ReturnStack& stack, const ReturnProbe& probe) noexcept {
+    for (ReturnInstance* instance = stack.top(); instance; instance = instance->below)
+        if (instance->probe == &probe && instance->armed) return instance->probe_depth;
+    return 0;
+}
+
+// Gives every live slot of this thread its real return address back and
+// drops every instance (before an unwinder walks the stack).
+void unhook_this_thread() noexcept {
+    ThreadRecord* record = this_thread_record_if_any();
+    if (record == nullptr || record->return_stack.top() == nullptr) return;
+    ReturnPathScope scope(record);
+    const auto trampoline = arch::return_trampoline_address();
+    // Slots below our own frame belong to frames that are gone already.
+    const auto here = reinterpret_cast<std::uint64_t>(__builtin_frame_address(0));
+    auto& stack = record->return_stack;
+    while (ReturnInstance* instance = stack.top()) {
+        auto* word = reinterpret_cast<std::uint64_t*>(instance->slot);
+        if (instance->armed && instance->slot > here && *word == trampoline) *word = instance->return_address;
+        drop_top_abandoned(stack);
+    }
+}
+
+}  // namespace
+
+void abandon_return_instance(ReturnInstance& instance) noexcept {
+    if (!instance.armed) return;
+    instance.probe->nabandoned.fetch_add(1, std::memory_order_relaxed);
+    instance.probe->pending.fetch_sub(1, std::memory_order_release);
+}
+
+int return_probe_entry(ReturnProbe& probe, pt_regs& regs) noexcept {
+    ThreadRecord* record = this_thread_record_if_any();
+    if (record == nullptr) return 0;  // cannot be: the dispatcher claimed it
+    auto& stack = record->return_stack;
+    const std::uint64_t slot = arch::return_address_slot_at_entry(regs);
+    auto* word = reinterpret_cast<std::uint64_t*>(slot);
+    const auto trampoline = arch::return_trampoline_address();
+    const bool tail_called = *word == trampoline;
+
+    // Step 1.
+    while (ReturnInstance* top = stack.top()) {
+        if (!top->armed || top->slot < slot || (top->slot == slot && !tail_called))
+            drop_top_abandoned(stack);
+        else
+            break;
+    }
+    std::uint64_t return_address = *word;
+    if (tail_called) {
+        ReturnInstance* top = stack.top();
+        if (top == nullptr || top->slot != slot) {
+            // Not ours to follow (cannot happen unless the stack was corrupted).
+            probe.count_miss();
+            return 0;
+        }
+        return_address = top->return_address;
+    }
+    // Step 2.
+    const std::uint32_t live = live_instances(stack, probe);
+    if (live >= probe.maxactive) {
+        probe.count_miss();
+        return 0;
+    }
+    // Step 3.
+    ReturnInstance* instance = stack.push(probe.data_size);
+    if (instance == nullptr) {
+        probe.count_miss();
+        return 0;
+    }
+    instance->front_end = probe.front_end;
+    instance->return_address = return_address;
+    instance->slot = slot;
+    instance->probe = &probe;
+    instance->probe_depth = live + 1;
+    if (probe.entry_handler != nullptr && probe.entry_handler(probe, *instance, regs) != 0) {
+        stack.pop();
+        return 0;
+    }
+    // Step 4.
+    probe.pending.fetch_add(1, std::memory_order_relaxed);
+    instance->armed = 1;
+    *word = trampoline;
+    return 0;
+}
+
+void retire_return_probe(ReturnProbe& probe) noexcept {
+    probe.gone.store(true, std::memory_order_seq_cst);
+    if (!called_from_handler()) wait_for_dispatchers();
+}
+
+void release_return_probe(ReturnProbe* probe) noexcept {
+    if (probe != nullptr && probe->pending.load(std::memory_order_acquire) == 0) delete probe;
+}
+
+}  // namespace ukp::core
+
+using namespace ukp;
+using namespace ukp::core;
+
+extern "C" __attribute__((visibility("hidden"))) std::uint64_t ukp_return_probe_hit(pt_regs* regs) {
+    ThreadRecord* record = this_thread_record_if_any();
+    if (record == nullptr) fatal("ukprobes: a return probe's trampoline was reached by a thread without instances\n");
+    ReturnPathScope scope(record);
+    auto& stack = record->return_stack;
+    const std::uint64_t slot = arch::return_address_slot_at_return(*regs);
+    // Step 1.
+    while (stack.top() != nullptr && stack.top()->slot < slot) drop_top_abandoned(stack);
+    ReturnInstance* instance = stack.top();
+    if (instance == nullptr || instance->slot != slot || !instance->armed)
+        fatal("ukprobes: a return probe's trampoline found no instance for its stack slot; aborting\n");
+    // Step 2.
+    std::uint64_t return_address = 0;
+    while ((instance = stack.top()) != nullptr && instance->slot == slot && instance->armed) {
+        return_address = instance->return_address;
+        regs->ip = return_address;
+        ReturnProbe* probe = instance->probe;
+        if (probe->return_handler != nullptr && !probe->gone.load(std::memory_order_relaxed)) {
+            std::uint64_t sp = regs->sp;
+            // Guarded like every handler: a fault abandons the call (see
+            // dispatch.cpp for the policy) as if it changed nothing, and the
+            // return still completes.
+            pt_regs before = *regs;
+            if (!call_guarded(record, EscapeKind::Handler,
+                              [&] { (void)probe->return_handler(*probe, *instance, *regs); }))
+                *regs = before;
+            regs->sp = sp;  // the trampoline returns with the stack as it is
+        }
+        release_top(stack);
+    }
+    // Step 3.
+    return return_address;
+}
+
+// --- Unwinding interposers ----------------------------------------------
+
+namespace {
+template <class Function>
+Function next_definition(const char* name) {
+    void* found = dlsym(RTLD_NEXT, name);
+    if (found == nullptr) fatal("ukprobes: an interposed unwinding function has no next definition\n");
+    return reinterpret_cast<Function>(found);
+}
+}  // namespace
+
+extern "C" UKP_API _Unwind_Reason_Code _Unwind_RaiseException(struct _Unwind_Exception* exception) {
+    using Function = _Unwind_Reason_Code (*)(struct _Unwind_Exception*);
+    static const auto real = next_definition<Function>("_Unwind_RaiseException");
+    unhook_this_thread();
+    return real(exception);
+}
+
+extern "C" UKP_API _Unwind_Reason_Code _Unwind_Resume_or_Rethrow(struct _Unwind_Exception* exception) {
+    using Function = _Unwind_Reason_Code (*)(struct _Unwind_Exception*);
+    static const auto real = next_definition<Function>("_Unwind_Resume_or_Rethrow");
+    unhook_this_thread();
+    return real(exception);
+}
+
+extern "C" UKP_API void pthread_exit(void* value) {
+    using Function = void (*)(void*);
+    static const auto real = next_definition<Function>("pthread_exit");
+    unhook_this_thread();
+    real(value);
+    __builtin_unreachable();
+}
+
+// --- The C++ front end ----------------------------------------------------
+
+namespace ukp {
+
+namespace detail {
+struct KretprobeState {
+    core::ReturnProbe* probe = nullptr;
+};
+}  // namespace detail
+
+namespace {
+
+int call_entry(ReturnProbe& probe, ReturnInstance& instance, pt_regs& regs) {
+    auto* owner = static_cast<Kretprobe*>(probe.front_end);
+    KretprobeInstance view{reinterpret_cast<std::byte*>(&instance) + sizeof(ReturnInstance), owner,
+                           instance.return_address, instance.slot};
+    return owner->entry_handler(view, regs);
+}
+int call_return(ReturnProbe& probe, ReturnInstance& instance, pt_regs& regs) {
+    auto* owner = static_cast<Kretprobe*>(probe.front_end);
+    KretprobeInstance view{reinterpret_cast<std::byte*>(&instance) + sizeof(ReturnInstance), owner,
+                           instance.return_address, instance.slot};
+    return owner->handler(view, regs);
+}
+
+std::once_flag trampoline_prepared;
+
+void unregister_all(std::span<Kretprobe* const> probes) {
+    std::vector<Kprobe*> entries;
+    for (Kretprobe* probe : probes)
+        if (probe->kp.is_registered()) entries.push_back(&probe->kp);
+    unregister_kprobes(entries);
+    for (Kretprobe* probe : probes)
+        if (probe->registration.state && probe->registration.state->probe)
+            core::retire_return_probe(*probe->registration.state->probe);
+}
+
+}  // namespace
+
+UKP_API detail::KretprobeRegistration::~KretprobeRegistration() {
+    if (state == nullptr) return;
+    if (state->probe != nullptr) {
+        if (!state->probe->gone.load()) {
+            // Destroyed while registered: the owner's kp is still alive
+            // (members are destroyed after this one); unregister first.
+            auto* owner = static_cast<Kretprobe*>(state->probe->front_end);
+            Kretprobe* one = owner;
+            unregister_all(std::span(&one, 1));
+        }
+        core::release_return_probe(state->probe);
+    }
+    delete state;
+}
+
+UKP_API std::uint64_t Kretprobe::nmissed() const noexcept {
+    return registration.state && registration.state->probe ? registration.state->probe->nmissed.load() : 0;
+}
+UKP_API std::uint64_t Kretprobe::nabandoned() const noexcept {
+    return registration.state && registration.state->probe ? registration.state->probe->nabandoned.load() : 0;
+}
+UKP_API std::uint64_t Kretprobe::npending() const noexcept {
+    return registration.state && registration.state->probe ? registration.state->probe->pending.load() : 0;
+}
+UKP_API bool Kretprobe::is_registered() const noexcept { return kp.is_registered(); }
+
+UKP_API Result<void> register_kretprobes(std::span<Kretprobe* const> probes) {
+    std::call_once(trampoline_prepared, arch::prepare_return_trampoline);
+    std::vector<Kprobe*> entries;
+    for (Kretprobe* probe : probes) {
+        if (probe->kp.is_registered())
+            return make_error(Errc::AlreadyRegistered, "this Kretprobe is registered already");
+        if (!probe->handler && !probe->entry_handler)
+            return make_error(Errc::InvalidArgument, "a Kretprobe needs a handler or an entry_handler");
+        if (probe->kp.offset != 0)
+            return make_error(Errc::InvalidArgument,
+                              "a Kretprobe is placed on a function's entry: kp.offset must be 0");
+        if (probe->kp.post_handler)
+            return make_error(Errc::InvalidArgument, "a Kretprobe's kp must have no post_handler");
+    }
+    for (Kretprobe* probe : probes) {
+        auto*& state = probe->registration.state;
+        if (state == nullptr) state = new detail::KretprobeState();
+        // A new ReturnProbe per registration: the previous one may still
+        // be referenced by pending instances.
+        core::release_return_probe(state->probe);
+        auto* core_probe = new core::ReturnProbe();
+        core_probe->entry_handler = probe->entry_handler ? call_entry : nullptr;
+        core_probe->return_handler = probe->handler ? call_return : nullptr;
+        core_probe->front_end = probe;
+        core_probe->data_size = probe->data_size;
+        core_probe->maxactive = probe->maxactive > 0 ? static_cast<std::uint32_t>(probe->maxactive)
+                                                     : core::default_maxactive;
+        state->probe = core_probe;
+        probe->kp.pre_handler = [core_probe](Kprobe&, Regs& regs) {
+            return core::return_probe_entry(*core_probe, regs);
+        };
+        entries.push_back(&probe->kp);
+    }
+    auto registered = register_kprobes(entries);
+    if (!registered)
+        for (Kretprobe* probe : probes) probe->registration.state->probe->gone.store(true);
+    return registered;
+}
+
+UKP_API Result<void> register_kretprobe(Kretprobe& probe) {
+    Kretprobe* one = &probe;
+    return register_kretprobes(std::span(&one, 1));
+}
+
+UKP_API void unregister_kretprobes(std::span<Kretprobe* const> probes) { unregister_all(probes); }
+
+UKP_API void unregister_kretprobe(Kretprobe& probe) {
+    Kretprobe* one = &probe;
+    unregister_kretprobes(std::span(&one, 1));
+}
+
+}  // namespace ukp
+
+// --- The kernel-compatible C front end ------------------------------------
+
+static_assert(offsetof(struct kretprobe_instance, rp) == offsetof(ReturnInstance, front_end));
+static_assert(offsetof(struct kretprobe_instance, ret_addr) == offsetof(ReturnInstance, return_address));
+static_assert(offsetof(struct kretprobe_instance, fp) == offsetof(ReturnInstance, slot));
+static_assert(offsetof(struct kretprobe_instance, data) == sizeof(ReturnInstance));
+
+namespace {
+
+struct kretprobe* kretprobe_of(struct kprobe* entry) {
+    return reinterpret_cast<struct kretprobe*>(reinterpret_cast<char*>(entry) - offsetof(struct kretprobe, kp));
+}
+
+int c_entry(ReturnProbe& probe, ReturnInstance& instance, pt_regs& regs) {
+    return static_cast<struct kretprobe*>(probe.front_end)
+        ->entry_handler(reinterpret_cast<struct kretprobe_instance*>(&instance), &regs);
+}
+int c_return(ReturnProbe& probe, ReturnInstance& instance, pt_regs& regs) {
+    return static_cast<struct kretprobe*>(probe.front_end)
+        ->handler(reinterpret_cast<struct kretprobe_instance*>(&instance), &regs);
+}
+int c_pre_handler(struct kprobe* entry, struct pt_regs* regs) {
+    auto* probe = static_cast<ReturnProbe*>(kretprobe_of(entry)->ukprobes_private);
+    return return_probe_entry(*probe, *regs);
+}
+
+std::once_flag c_trampoline_prepared;
+
+}  // namespace
+
+extern "C" {
+
+UKP_API int register_kretprobes(struct kretprobe** probes, int count) {
+    if (probes == nullptr || count <= 0) return -EINVAL;
+    std::call_once(c_trampoline_prepared, arch::prepare_return_trampoline);
+    std::vector<struct kprobe*> entries;
+    for (int i = 0; i < count; ++i) {
+        struct kretprobe* rp = probes[i];
+        if (rp == nullptr || (rp->handler == nullptr && rp->entry_handler == nullptr) || rp->kp.offset != 0 ||
+            rp->kp.post_handler != nullptr)
+            return -EINVAL;
+        auto* old = static_cast<ReturnProbe*>(rp->ukprobes_private);
+        if (old != nullptr && !old->gone.load()) return -EEXIST;
+    }
+    for (int i = 0; i < count; ++i) {
+        struct kretprobe* rp = probes[i];
+        core::release_return_probe(static_cast<ReturnProbe*>(rp->ukprobes_private));
+        auto* probe = new ReturnProbe();
+        probe->entry_handler = rp->entry_handler ? c_entry : nullptr;
+        probe->return_handler = rp->handler ? c_return : nullptr;
+        probe->front_end = rp;
+        probe->data_size = rp->data_size;
+        probe->maxactive = rp->maxactive > 0 ? static_cast<std::uint32_t>(rp->maxactive) : default_maxactive;
+        probe->mirror_nmissed = &rp->nmissed;
+        rp->ukprobes_private = probe;
+        rp->kp.pre_handler = c_pre_handler;
+        entries.push_back(&rp->kp);
+    }
+    int result = register_kprobes(entries.data(), count);
+    if (result != 0)
+        for (int i = 0; i < count; ++i) {
+            static_cast<ReturnProbe*>(probes[i]->ukprobes_private)->gone.store(true);
+            probes[i]->kp.pre_handler = nullptr;
+        }
+    return result;
+}
+
+UKP_API int register_kretprobe(struct kretprobe* rp) { return register_kretprobes(&rp, 1); }
+
+UKP_API void unregister_kretprobes(struct kretprobe** probes, int count) {
+    std::vector<struct kprobe*> entries;
+    for (int i = 0; i < count; ++i)
+        if (probes[i] != nullptr) entries.push_back(&probes[i]->kp);
+    if (entries.empty()) return;
+    unregister_kprobes(entries.data(), static_cast<int>(entries.size()));
+    for (int i = 0; i < count; ++i)
+        if (probes[i] != nullptr && probes[i]->ukprobes_private != nullptr)
+            retire_return_probe(*static_cast<ReturnProbe*>(probes[i]->ukprobes_private));
+    // The ReturnProbe stays: the C struct has no destructor, pending
+    // instances may refer to it, and re-registration replaces it.
+}
+
+UKP_API void unregister_kretprobe(struct kretprobe* rp) { unregister_kretprobes(&rp, 1); }
+
+UKP_API unsigned long kretprobe_nabandoned(const struct kretprobe* rp) {
+    auto* probe = static_cast<const ReturnProbe*>(rp->ukprobes_private);
+    return probe ? probe->nabandoned.load() : 0;
+}
+
+UKP_API long long ukprobes_ktime_get_ns(void) {
+    timespec now{};
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return static_cast<long long>(now.tv_sec) * 1'000'000'000LL + now.tv_nsec;
+}
+
+}  // extern "C"

@@ -1,0 +1,65 @@
+// Return probes (the kernel's kretprobes), generic part.
+//
+// A return probe is an entry probe (an ordinary ProbeRecord on the
+// function's first instruction) whose pre-handler hijacks the return
+// address: it pushes a ReturnInstance on the thread's return stack
+// (thread_state.hpp) and replaces the return address on the stack with the
+// address of the return trampoline.  The function's `ret` then lands in the
+// trampoline, which calls return_probe_hit() and continues at the real
+// return address with every register as the function left it.
+//
+// Lifetime: a ReturnProbe is what instances point at.  It is allocated by a
+// front end at registration and outlives the front end's object whenever
+// instances are still pending: the front end deletes it only when
+// `pending` is zero, and otherwise leaks it on purpose (a few dozen bytes
+// per registration that was torn down under a pending call).
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "core/thread_state.hpp"
+#include "ukprobes/pt_regs.h"
+
+namespace ukp::core {
+
+struct ReturnProbe;
+using ReturnHandlerFn = int (*)(ReturnProbe& probe, ReturnInstance& instance, pt_regs& regs);
+
+struct ReturnProbe {
+    // Set by the front end before registration, constant while registered.
+    ReturnHandlerFn entry_handler = nullptr;
+    ReturnHandlerFn return_handler = nullptr;
+    void* front_end = nullptr;     // the Kretprobe or struct kretprobe
+    std::size_t data_size = 0;
+    std::uint32_t maxactive = 0;   // live instances per thread, > 0
+    int* mirror_nmissed = nullptr; // the C struct's nmissed field, kept equal
+
+    // Set by unregistration: pending instances still return correctly, but
+    // their handler is not called (kernel semantics).
+    std::atomic<bool> gone{false};
+    std::atomic<std::uint64_t> nmissed{0};     // maxactive reached, or no memory
+    std::atomic<std::uint64_t> nabandoned{0};  // instances whose frame was left without return
+    std::atomic<std::uint64_t> pending{0};     // instances alive in any thread
+
+    void count_miss() noexcept {
+        nmissed.fetch_add(1, std::memory_order_relaxed);
+        if (mirror_nmissed) std::atomic_ref<int>(*mirror_nmissed).fetch_add(1, std::memory_order_relaxed);
+    }
+};
+
+// maxactive <= 0 means this many live instances per thread.
+inline constexpr std::uint32_t default_maxactive = 64;
+
+// The entry probe's pre-handler body: always returns 0 (the function runs).
+int return_probe_entry(ReturnProbe& probe, pt_regs& regs) noexcept;
+
+// Unregistration's second half, after the entry probe is unregistered:
+// marks the probe gone and waits until no thread runs its return handler.
+void retire_return_probe(ReturnProbe& probe) noexcept;
+
+// Deletes `probe` if no instance refers to it, else leaves it (see above).
+void release_return_probe(ReturnProbe* probe) noexcept;
+
+}  // namespace ukp::core

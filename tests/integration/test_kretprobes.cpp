@@ -1,0 +1,392 @@
+// Return probes (kretprobes): the return handler sees what the function
+// returned, and real control flow (recursion, longjmp, exceptions,
+// pthread_exit, threads, fork, unregistration under pending calls) keeps
+// working.  The probed functions are plain C++ here: noinline, with
+// volatile locals so that their bodies stay calls of their own.
+#include <gtest/gtest.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "ukprobes/ukprobes.hpp"
+
+extern "C" {
+[[gnu::noinline]] long kret_add(long a, long b) {
+    volatile long x = a, y = b;
+    return x + y;
+}
+
+[[gnu::noinline]] long kret_recurse(long depth) {
+    volatile long here = depth;
+    if (here == 0) return 0;
+    long below = kret_recurse(here - 1);
+    asm volatile("" ::: "memory");  // not a tail call, not a loop
+    return below + 1;
+}
+
+jmp_buf kret_jump_target;
+[[gnu::noinline]] long kret_maybe_longjmp(long value) {
+    volatile long x = value;
+    if (x > 0) longjmp(kret_jump_target, 1);
+    return x + 100;
+}
+
+[[gnu::noinline]] long kret_maybe_throw(long value) {
+    volatile long x = value;
+    if (x > 0) throw std::runtime_error("thrown through a return probe");
+    return x + 200;
+}
+
+[[gnu::noinline]] void kret_maybe_exit(long value) {
+    volatile long x = value;
+    if (x > 0) pthread_exit(reinterpret_cast<void*>(x));
+}
+
+[[gnu::noinline]] double kret_scale(double x) {
+    volatile double y = x;
+    return y * 2.5;
+}
+
+[[gnu::noinline]] long double kret_scale_long(long double x) {
+    volatile long double y = x;
+    return y * 3;
+}
+
+[[gnu::noinline]] long kret_fork(void) {
+    volatile long pid = fork();
+    return pid;
+}
+}
+
+namespace {
+
+struct Cleanup {
+    std::atomic<int>& count;
+    ~Cleanup() { ++count; }
+};
+
+std::atomic<int> cleanups{0};
+
+[[gnu::noinline]] long kret_throw_through_cleanup(long value) {
+    Cleanup cleanup{cleanups};
+    volatile long result = kret_maybe_throw(value);
+    return result + 1;
+}
+
+void* address_of(auto* function) { return reinterpret_cast<void*>(function); }
+
+ukp::Kretprobe counting(void* function, std::atomic<int>& returns, unsigned flags = 0, int maxactive = 0) {
+    return ukp::Kretprobe{.kp = {.addr = function, .flags = flags},
+                          .handler = [&returns](ukp::KretprobeInstance&, ukp::Regs&) {
+                              ++returns;
+                              return 0;
+                          },
+                          .maxactive = maxactive};
+}
+
+class KretprobeBasic : public testing::TestWithParam<unsigned> {};
+
+TEST_P(KretprobeBasic, ReturnHandlerSeesReturnValueAndRealReturnAddress) {
+    std::uint64_t entry_return_address = 0, handler_ip = 0, handler_ax = 0, instance_return = 0;
+    ukp::Kretprobe probe{.kp = {.addr = address_of(kret_add), .flags = GetParam()},
+                         .handler = [&](ukp::KretprobeInstance& instance, ukp::Regs& regs) {
+                             handler_ip = regs.ip;
+                             handler_ax = regs_return_value(&regs);
+                             instance_return = instance.return_address;
+                             return 0;
+                         },
+                         .entry_handler = [&](ukp::KretprobeInstance&, ukp::Regs& regs) {
+                             entry_return_address = *reinterpret_cast<const std::uint64_t*>(regs.sp);
+                             return 0;
+                         }};
+    ASSERT_TRUE(ukp::register_kretprobe(probe));
+    bool optimized = false;
+    for (auto& info : ukp::list_probes())
+        if (info.address == reinterpret_cast<std::uint64_t>(address_of(kret_add))) optimized = info.kind == "optimized";
+    EXPECT_EQ(optimized, GetParam() == 0) << ukp::format_probe_list();
+
+    EXPECT_EQ(kret_add(40, 2), 42);
+    EXPECT_EQ(handler_ax, 42u);
+    EXPECT_NE(entry_return_address, 0u);
+    EXPECT_EQ(handler_ip, entry_return_address);
+    EXPECT_EQ(instance_return, entry_return_address);
+    EXPECT_EQ(probe.npending(), 0u);
+    ukp::unregister_kretprobe(probe);
+    EXPECT_EQ(kret_add(1, 2), 3);
+}
+
+TEST_P(KretprobeBasic, HandlerCanChangeTheReturnValue) {
+    ukp::Kretprobe probe{.kp = {.addr = address_of(kret_add), .flags = GetParam()},
+                         .handler = [](ukp::KretprobeInstance&, ukp::Regs& regs) {
+                             regs.ax = 1000;
+                             return 0;
+                         }};
+    ASSERT_TRUE(ukp::register_kretprobe(probe));
+    EXPECT_EQ(kret_add(1, 1), 1000);
+}
+
+INSTANTIATE_TEST_SUITE_P(Kretprobe, KretprobeBasic, testing::Values(0u, ukp::flag_no_optimize),
+                         [](const auto& info) { return info.param ? "Int3" : "Optimized"; });
+
+// xmm0 and st0 carry the return value through the trampoline while the
+// handler does floating-point work of its own.
+TEST(Kretprobe, FloatingPointReturnValuesSurvive) {
+    std::atomic<int> returns{0};
+    auto handler = [&](ukp::KretprobeInstance&, ukp::Regs& regs) {
+        volatile double d = static_cast<double>(regs.ax) * 1.25;
+        volatile long double l = static_cast<long double>(d) / 7;
+        returns += l > -1 ? 1 : 0;
+        return 0;
+    };
+    ukp::Kretprobe scale{.kp = {.addr = address_of(kret_scale)}, .handler = handler};
+    ukp::Kretprobe scale_long{.kp = {.addr = address_of(kret_scale_long)}, .handler = handler};
+    ASSERT_TRUE(ukp::register_kretprobe(scale));
+    ASSERT_TRUE(ukp::register_kretprobe(scale_long));
+    EXPECT_EQ(kret_scale(4.0), 10.0);
+    EXPECT_EQ(kret_scale_long(5.0L), 15.0L);
+    EXPECT_EQ(returns, 2);
+}
+
+TEST(Kretprobe, EntryDataReachesTheReturnHandlerOfTheSameCall) {
+    std::atomic<int> mismatches{0}, returns{0};
+    ukp::Kretprobe probe{.kp = {.addr = address_of(kret_recurse)},
+                         .handler = [&](ukp::KretprobeInstance& instance, ukp::Regs& regs) {
+                             // kret_recurse(n) returns n: the data saved at entry was n.
+                             if (*static_cast<long*>(instance.data) != static_cast<long>(regs.ax)) ++mismatches;
+                             ++returns;
+                             return 0;
+                         },
+                         .entry_handler = [](ukp::KretprobeInstance& instance, ukp::Regs& regs) {
+                             *static_cast<long*>(instance.data) = static_cast<long>(regs.di);
+                             return 0;
+                         },
+                         .data_size = sizeof(long)};
+    ASSERT_TRUE(ukp::register_kretprobe(probe));
+    EXPECT_EQ(kret_recurse(20), 20);
+    EXPECT_EQ(returns, 21);
+    EXPECT_EQ(mismatches, 0);
+}
+
+TEST(Kretprobe, EntryHandlerReturningNonZeroSkipsTheReturn) {
+    std::atomic<int> returns{0};
+    ukp::Kretprobe probe{.kp = {.addr = address_of(kret_add)},
+                         .handler = [&](ukp::KretprobeInstance&, ukp::Regs&) {
+                             ++returns;
+                             return 0;
+                         },
+                         .entry_handler = [](ukp::KretprobeInstance&, ukp::Regs& regs) { return regs.di % 2 ? 1 : 0; }};
+    ASSERT_TRUE(ukp::register_kretprobe(probe));
+    for (long i = 1; i <= 4; ++i) EXPECT_EQ(kret_add(i, 1), i + 1);
+    EXPECT_EQ(returns, 2);
+    EXPECT_EQ(probe.nmissed(), 0u);
+}
+
+TEST(Kretprobe, MaxactiveBoundsLiveInstancesAndCountsMisses) {
+    std::atomic<int> returns{0};
+    auto probe = counting(address_of(kret_recurse), returns, 0, 5);
+    ASSERT_TRUE(ukp::register_kretprobe(probe));
+    EXPECT_EQ(kret_recurse(19), 19);
+    EXPECT_EQ(returns, 5);
+    EXPECT_EQ(probe.nmissed(), 15u);
+    EXPECT_EQ(kret_recurse(3), 3);
+    EXPECT_EQ(returns, 9);
+}
+
+TEST(Kretprobe, DeepRecursionTenThousandLevels) {
+    std::atomic<int> returns{0};
+    auto probe = counting(address_of(kret_recurse), returns, 0, 10001);
+    ASSERT_TRUE(ukp::register_kretprobe(probe));
+    EXPECT_EQ(kret_recurse(10000), 10000);
+    EXPECT_EQ(returns, 10001);
+    EXPECT_EQ(probe.nmissed(), 0u);
+    EXPECT_EQ(probe.npending(), 0u);
+}
+
+TEST(Kretprobe, LongjmpOutOfAProbedFunction) {
+    std::atomic<int> returns{0};
+    auto probe = counting(address_of(kret_maybe_longjmp), returns);
+    ASSERT_TRUE(ukp::register_kretprobe(probe));
+    volatile int jumped = 0;
+    if (setjmp(kret_jump_target) == 0)
+        kret_maybe_longjmp(1);
+    else
+        jumped = 1;
+    EXPECT_EQ(jumped, 1);
+    EXPECT_EQ(returns, 0);
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(kret_maybe_longjmp(0), 100);
+    EXPECT_EQ(returns, 3);
+    EXPECT_EQ(probe.nabandoned(), 1u);
+    EXPECT_EQ(probe.npending(), 0u);
+}
+
+TEST(Kretprobe, ExceptionPropagatesThroughProbedFunctions) {
+    std::atomic<int> returns{0};
+    auto inner = counting(address_of(kret_maybe_throw), returns);
+    auto outer = counting(address_of(kret_throw_through_cleanup), returns);
+    ASSERT_TRUE(ukp::register_kretprobe(inner));
+    ASSERT_TRUE(ukp::register_kretprobe(outer));
+    cleanups = 0;
+    std::string caught;
+    try {
+        kret_throw_through_cleanup(1);
+    } catch (const std::runtime_error& error) {
+        caught = error.what();
+    }
+    EXPECT_EQ(caught, "thrown through a return probe");
+    EXPECT_EQ(cleanups, 1);
+    EXPECT_EQ(returns, 0);
+    EXPECT_EQ(inner.nabandoned() + outer.nabandoned(), 2u);
+    EXPECT_EQ(kret_throw_through_cleanup(0), 201);
+    EXPECT_EQ(returns, 2);
+    EXPECT_EQ(cleanups, 2);
+}
+
+TEST(Kretprobe, PthreadExitInsideAProbedFunction) {
+    std::atomic<int> returns{0};
+    auto probe = counting(address_of(kret_maybe_exit), returns);
+    ASSERT_TRUE(ukp::register_kretprobe(probe));
+    pthread_t thread;
+    ASSERT_EQ(pthread_create(
+                  &thread, nullptr,
+                  [](void*) -> void* {
+                      kret_maybe_exit(0);
+                      kret_maybe_exit(7);
+                      return nullptr;
+                  },
+                  nullptr),
+              0);
+    void* result = nullptr;
+    ASSERT_EQ(pthread_join(thread, &result), 0);
+    EXPECT_EQ(reinterpret_cast<long>(result), 7);
+    EXPECT_EQ(returns, 1);
+    EXPECT_EQ(probe.nabandoned(), 1u);
+    kret_maybe_exit(0);
+    EXPECT_EQ(returns, 2);
+}
+
+TEST(Kretprobe, ManyThreadsExactCounts) {
+    constexpr int threads = 4, calls = 20000;
+    std::atomic<long> sum{0};
+    std::atomic<int> returns{0};
+    ukp::Kretprobe probe{.kp = {.addr = address_of(kret_add)},
+                         .handler = [&](ukp::KretprobeInstance&, ukp::Regs& regs) {
+                             sum += static_cast<long>(regs.ax);
+                             ++returns;
+                             return 0;
+                         }};
+    ASSERT_TRUE(ukp::register_kretprobe(probe));
+    std::atomic<int> wrong{0};
+    std::vector<std::thread> workers;
+    for (int t = 0; t < threads; ++t)
+        workers.emplace_back([&, t] {
+            for (int i = 0; i < calls; ++i)
+                if (kret_add(t, i) != t + i) ++wrong;
+        });
+    for (auto& worker : workers) worker.join();
+    EXPECT_EQ(wrong, 0);
+    EXPECT_EQ(returns, threads * calls);
+    long expected = 0;
+    for (int t = 0; t < threads; ++t) expected += static_cast<long>(t) * calls + static_cast<long>(calls) * (calls - 1) / 2;
+    EXPECT_EQ(sum, expected);
+    EXPECT_EQ(probe.nmissed(), 0u);
+}
+
+std::mutex block_lock;
+std::condition_variable block_changed;
+bool block_entered = false, block_released = false;
+
+extern "C" [[gnu::noinline]] long kret_block(long value) {
+    std::unique_lock lock(block_lock);
+    block_entered = true;
+    block_changed.notify_all();
+    block_changed.wait(lock, [] { return block_released; });
+    volatile long x = value;
+    return x * 3;
+}
+
+TEST(Kretprobe, UnregisterWhileACallIsPending) {
+    block_entered = block_released = false;
+    std::atomic<int> returns{0};
+    auto probe = std::unique_ptr<ukp::Kretprobe>(new ukp::Kretprobe{
+        .kp = {.addr = address_of(kret_block)}, .handler = [&returns](ukp::KretprobeInstance&, ukp::Regs&) {
+            ++returns;
+            return 0;
+        }});
+    ASSERT_TRUE(ukp::register_kretprobe(*probe));
+    long result = 0;
+    std::thread caller([&] { result = kret_block(14); });
+    {
+        std::unique_lock lock(block_lock);
+        block_changed.wait(lock, [] { return block_entered; });
+    }
+    EXPECT_EQ(probe->npending(), 1u);
+    ukp::unregister_kretprobe(*probe);
+    probe.reset();  // the pending instance must not need the object
+    {
+        std::lock_guard lock(block_lock);
+        block_released = true;
+    }
+    block_changed.notify_all();
+    caller.join();
+    EXPECT_EQ(result, 42);
+    EXPECT_EQ(returns, 0);
+}
+
+TEST(Kretprobe, ForkWithAPendingInstance) {
+    std::atomic<int> returns{0};
+    auto probe = counting(address_of(kret_fork), returns);
+    ASSERT_TRUE(ukp::register_kretprobe(probe));
+    long pid = kret_fork();
+    if (pid == 0) {
+        // The child returned through the trampoline with its inherited instance.
+        _exit(returns == 1 ? 0 : 2);
+    }
+    ASSERT_GT(pid, 0);
+    int status = 0;
+    ASSERT_EQ(waitpid(static_cast<pid_t>(pid), &status, 0), pid);
+    EXPECT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 0);
+    EXPECT_EQ(returns, 1);
+    EXPECT_EQ(probe.npending(), 0u);
+}
+
+TEST(Kretprobe, RejectsAnOffsetIntoTheFunction) {
+    ukp::Kretprobe probe{.kp = {.addr = address_of(kret_add), .offset = 4},
+                         .handler = [](ukp::KretprobeInstance&, ukp::Regs&) { return 0; }};
+    auto registered = ukp::register_kretprobe(probe);
+    ASSERT_FALSE(registered);
+    EXPECT_EQ(registered.error().code, ukp::Errc::InvalidArgument);
+}
+
+}  // namespace
+
+namespace {
+
+// A fault in a return handler is abandoned like any handler's fault: the
+// function still returns its own value to its caller.
+TEST(Kretprobe, FaultingReturnHandlerIsAbandonedAndTheReturnCompletes) {
+    volatile int* unmapped = reinterpret_cast<volatile int*>(0x10);
+    ukp::Kretprobe probe{.kp = {.addr = address_of(kret_add)},
+                         .handler = [&](ukp::KretprobeInstance&, ukp::Regs& regs) {
+                             regs.ax = 7;  // discarded with the rest of the abandoned call
+                             return *unmapped;
+                         }};
+    ASSERT_TRUE(ukp::register_kretprobe(probe));
+    ::testing::internal::CaptureStderr();
+    int result = kret_add(20, 22);
+    std::string reported = ::testing::internal::GetCapturedStderr();
+    EXPECT_EQ(result, 42);
+    EXPECT_NE(reported.find("faulted"), std::string::npos) << reported;
+    EXPECT_EQ(kret_add(1, 2), 3);
+}
+
+}  // namespace
