@@ -282,6 +282,47 @@ extern "C" UKP_API _Unwind_Reason_Code _Unwind_Resume_or_Rethrow(struct _Unwind_
     return real(exception);
 }
 
+// A stack walk must see the real callers, not the trampoline (libgcc's
+// unwinder would stop there: the trampoline has no unwind information a
+// walk could follow).  For the walk, the real return addresses go back into
+// their slots; afterwards the trampoline goes back in, so the returns are
+// still watched.  glibc's backtrace() reaches libgcc through a pointer of
+// its own, so both it and _Unwind_Backtrace are interposed.
+namespace {
+template <class Walk>
+auto with_real_return_addresses(Walk&& walk) {
+    ThreadRecord* record = this_thread_record_if_any();
+    ReturnInstance* top = record ? record->return_stack.top() : nullptr;
+    if (top == nullptr) return walk();
+    const auto trampoline = arch::return_trampoline_address();
+    const auto here = reinterpret_cast<std::uint64_t>(__builtin_frame_address(0));
+    for (ReturnInstance* instance = top; instance; instance = instance->below) {
+        auto* word = reinterpret_cast<std::uint64_t*>(instance->slot);
+        instance->reserved = instance->armed && instance->slot > here && *word == trampoline;
+        if (instance->reserved) *word = instance->return_address;
+    }
+    auto result = walk();
+    for (ReturnInstance* instance = top; instance; instance = instance->below)
+        if (instance->reserved) {
+            *reinterpret_cast<std::uint64_t*>(instance->slot) = trampoline;
+            instance->reserved = 0;
+        }
+    return result;
+}
+}  // namespace
+
+extern "C" UKP_API int backtrace(void** buffer, int size) {
+    using Function = int (*)(void**, int);
+    static const auto real = next_definition<Function>("backtrace");
+    return with_real_return_addresses([&] { return real(buffer, size); });
+}
+
+extern "C" UKP_API _Unwind_Reason_Code _Unwind_Backtrace(_Unwind_Trace_Fn trace, void* argument) {
+    using Function = _Unwind_Reason_Code (*)(_Unwind_Trace_Fn, void*);
+    static const auto real = next_definition<Function>("_Unwind_Backtrace");
+    return with_real_return_addresses([&] { return real(trace, argument); });
+}
+
 extern "C" UKP_API void pthread_exit(void* value) {
     using Function = void (*)(void*);
     static const auto real = next_definition<Function>("pthread_exit");

@@ -57,7 +57,7 @@ struct ReturnInstance {
     ReturnStackChunk* chunk;
     std::uint32_t probe_depth;     // live instances of `probe` on this thread, this one included
     std::uint32_t armed;           // 0 until the return address is hijacked
-    std::uint64_t reserved;
+    std::uint64_t reserved;        // 1 while a stack walk has the real address in the slot
 };
 static_assert(sizeof(ReturnInstance) == 64);
 

@@ -390,3 +390,48 @@ TEST(Kretprobe, FaultingReturnHandlerIsAbandonedAndTheReturnCompletes) {
 }
 
 }  // namespace
+
+#include <execinfo.h>
+
+namespace {
+
+void* walked[32];
+int walked_depth = 0;
+
+extern "C" __attribute__((noinline)) int kret_walks_the_stack(int x) {
+    walked_depth = backtrace(walked, 32);
+    asm volatile("");
+    return x + 1;
+}
+
+extern "C" __attribute__((noinline)) int kret_walk_caller(int x) {
+    int result = kret_walks_the_stack(x);
+    asm volatile("");
+    return result + 1;
+}
+
+// backtrace() inside a return-probed function shows its real caller, and
+// the return is still watched afterwards.
+TEST(Kretprobe, BacktraceInsideAProbedFunctionShowsTheRealCaller) {
+    int returns = 0;
+    ukp::Kretprobe probe{.kp = {.addr = reinterpret_cast<void*>(&kret_walks_the_stack)},
+                         .handler = [&](ukp::KretprobeInstance&, ukp::Regs&) {
+                             ++returns;
+                             return 0;
+                         }};
+    ASSERT_TRUE(ukp::register_kretprobe(probe));
+    EXPECT_EQ(kret_walk_caller(1), 3);
+    EXPECT_EQ(returns, 1);
+    ASSERT_GE(walked_depth, 3) << "the walk stopped early";
+    // Somewhere below the probed function's own frame: a return address
+    // into its real caller (the walk starts inside our interposer).
+    auto caller = reinterpret_cast<std::uint64_t>(&kret_walk_caller);
+    bool found = false;
+    for (int i = 0; i < walked_depth; ++i) {
+        auto frame = reinterpret_cast<std::uint64_t>(walked[i]);
+        found = found || (frame > caller && frame < caller + 256);
+    }
+    EXPECT_TRUE(found) << "no frame in kret_walk_caller";
+}
+
+}  // namespace
