@@ -63,7 +63,6 @@
 #include <unwind.h>
 
 #include <cstring>
-#include <mutex>
 
 #include "core/engine.hpp"
 #include "os/linux/raw_syscall.hpp"
