@@ -16,6 +16,16 @@
 // beat by at least 100x; it is skipped, with the reason, when tracefs is not
 // writable.
 //
+// Return probes (issue 4): BM_KretprobeEmpty is a Kretprobe with empty entry
+// and return handlers, the optimized entry plus the return trampoline, on a
+// copy of BM_OptimizedEntry's function; the targets are at most 2.5x
+// BM_OptimizedEntry and at least 100x cheaper than the kernel's uprobe +
+// uretprobe pair on another copy (BM_KernelUprobeUretprobe, `p:` and `r:`
+// events both enabled, skipped like BM_KernelUprobe).  BM_TypedEntryProbe
+// (ukp::EntryProbe<int(int)>, empty handler) and BM_LatencyProbe
+// (ukp::LatencyProbe: two clock reads and the histogram's atomics on top of
+// a Kretprobe) are reported beside them, without targets.
+//
 // Measuring the int3 floor needs a SIGTRAP handler of our own, and once a
 // probe is registered ukprobes owns SIGTRAP: it interposes sigaction(), and a
 // program int3 reaches the program's handler only through ukprobes' trap
@@ -64,6 +74,8 @@
 #include <string_view>
 #include <vector>
 
+#include "ukprobes/entry_probe.hpp"
+#include "ukprobes/latency.hpp"
 #include "ukprobes/ukprobes.hpp"
 
 extern "C" {
@@ -74,6 +86,10 @@ int ukp_bench_opt_entry(int value);
 int ukp_bench_opt_mid(int value);
 int ukp_bench_opt_prepost(int value);
 int ukp_bench_uprobe_target(int value);
+int ukp_bench_kret_target(int value);
+int ukp_bench_typed_entry(int value);
+int ukp_bench_latency_target(int value);
+int ukp_bench_uretprobe_target(int value);
 int ukp_bench_boostable(int value);
 int ukp_bench_emulated(int value);
 int ukp_bench_post(int value);
@@ -202,6 +218,35 @@ ukp_bench_floor_trampoline:
     lea 1(%rax), %eax           # 8d 40 01
     ret                         # c3
     .size ukp_bench_uprobe_target, .-ukp_bench_uprobe_target
+
+    # ---- Return probes and typed entry probes ----
+    # ukp_bench_opt_entry's code again, one copy per benchmark so that no two
+    # probes share an address: the entry probe is optimized the same way, and
+    # the return probe hijacks the `ret`'s return address.
+    ukp_bench_function ukp_bench_kret_target
+    mov %edi, %eax              # 89 f8: probed (Kretprobe, empty handlers)
+    lea 1(%rax), %eax           # 8d 40 01
+    ret                         # c3
+    .size ukp_bench_kret_target, .-ukp_bench_kret_target
+
+    ukp_bench_function ukp_bench_typed_entry
+    mov %edi, %eax              # 89 f8: probed (EntryProbe<int(int)>)
+    lea 1(%rax), %eax           # 8d 40 01
+    ret                         # c3
+    .size ukp_bench_typed_entry, .-ukp_bench_typed_entry
+
+    ukp_bench_function ukp_bench_latency_target
+    mov %edi, %eax              # 89 f8: probed (LatencyProbe)
+    lea 1(%rax), %eax           # 8d 40 01
+    ret                         # c3
+    .size ukp_bench_latency_target, .-ukp_bench_latency_target
+
+    # The kernel uprobe + uretprobe pair's target, apart from every other.
+    ukp_bench_function ukp_bench_uretprobe_target
+    mov %edi, %eax              # 89 f8: probed by the kernel (p: and r:)
+    lea 1(%rax), %eax           # 8d 40 01
+    ret                         # c3
+    .size ukp_bench_uretprobe_target, .-ukp_bench_uretprobe_target
 
     # ---- int3 probes (registered with ukp::flag_no_optimize) ----
     ukp_bench_function ukp_bench_boostable
@@ -406,6 +451,23 @@ std::string vector_state_in_use() {
     return "+xmm" + (names.empty() ? std::string() : "," + names);
 }
 
+// The benchmark's label when the probe at `address` has `expected_kind`
+// (with the vector state in use for optimized ones), else why not.
+std::expected<std::string, std::string> label_if_kind(const void* address, std::string_view expected_kind) {
+    auto kind = kind_of(address);
+    if (kind.kind != expected_kind) {
+        // One retry: an optimization can wait for a thread to leave the region.
+        (void)ukp::optimize_pending_probes();
+        kind = kind_of(address);
+    }
+    if (kind.kind != expected_kind) {
+        std::string message = "expected a " + std::string(expected_kind) + " probe, got " + kind.kind;
+        if (!kind.not_optimized.empty()) message += " (not optimized: " + kind.not_optimized + ")";
+        return std::unexpected(message);
+    }
+    return expected_kind == "optimized" ? kind.kind + " " + vector_state_in_use() : kind.kind;
+}
+
 // Unregisters on every way out of a benchmark.
 struct Registered {
     ukp::Kprobe& probe;
@@ -434,20 +496,9 @@ void run_probed_calls(benchmark::State& state, const ProbedCall& call) {
     if (auto registered = ukp::register_kprobe(probe); !registered)
         return state.SkipWithError(registered.error().message.c_str());
     Registered guard{probe};
-    auto kind = kind_of(probe.address());
-    if (kind.kind != call.expected_kind) {
-        // One retry: an optimization can wait for a thread to leave the region.
-        (void)ukp::optimize_pending_probes();
-        kind = kind_of(probe.address());
-    }
-    if (kind.kind != call.expected_kind) {
-        std::string message = "expected a " + std::string(call.expected_kind) + " probe, got " + kind.kind;
-        if (!kind.not_optimized.empty()) message += " (not optimized: " + kind.not_optimized + ")";
-        return state.SkipWithError(message.c_str());
-    }
-    std::string label = kind.kind;
-    if (call.expected_kind == "optimized") label += " " + vector_state_in_use();
-    state.SetLabel(label);
+    auto label = label_if_kind(probe.address(), call.expected_kind);
+    if (!label) return state.SkipWithError(label.error().c_str());
+    state.SetLabel(*label);
 
     int value = 0;
     for (auto _ : state) benchmark::DoNotOptimize(value = call.function(value));
@@ -482,14 +533,85 @@ void BM_PostHandlerProbe(benchmark::State& state) {
                              .expected_kind = "boosted+post-trap"});
 }
 
+// ---- Return probes, typed entry probes, the latency helper ----
+// Each on its own copy of ukp_bench_opt_entry, with empty handlers (the
+// latency probe's are its own), one call per iteration.
+
+// A Kretprobe with an empty entry handler and an empty return handler: the
+// optimized entry plus the return trampoline.
+void BM_KretprobeEmpty(benchmark::State& state) {
+    ukp::Kretprobe probe{.kp = {.addr = reinterpret_cast<void*>(&ukp_bench_kret_target)},
+                         .handler = [](ukp::KretprobeInstance&, ukp::Regs&) { return 0; },
+                         .entry_handler = [](ukp::KretprobeInstance&, ukp::Regs&) { return 0; }};
+    if (auto registered = ukp::register_kretprobe(probe); !registered)
+        return state.SkipWithError(registered.error().message.c_str());
+    auto label = label_if_kind(probe.kp.address(), "optimized");
+    if (!label) return state.SkipWithError(label.error().c_str());
+    state.SetLabel("entry+return, " + *label);
+
+    int value = 0;
+    for (auto _ : state) benchmark::DoNotOptimize(value = ukp_bench_kret_target(value));
+
+    // Every call hit the entry, none was left unwatched, every watched one
+    // returned through the trampoline (npending counts armed, unreturned calls).
+    if (probe.kp.nhit() != static_cast<std::uint64_t>(state.iterations()))
+        state.SkipWithError("the entry probe missed calls: nhit() != iterations");
+    else if (probe.nmissed() != 0 || probe.npending() != 0 || probe.nabandoned() != 0)
+        state.SkipWithError("return instances were missed, left pending or abandoned");
+    else if (value != static_cast<int>(state.iterations()))
+        state.SkipWithError("the probed function computed a wrong result");
+    // The object unregisters itself on every way out.
+}
+
+void BM_TypedEntryProbe(benchmark::State& state) {
+    ukp::EntryProbe<int(int)> probe{&ukp_bench_typed_entry, [](int argument) { benchmark::DoNotOptimize(argument); }};
+    if (auto registered = probe.register_probe(); !registered)
+        return state.SkipWithError(registered.error().message.c_str());
+    auto label = label_if_kind(probe.kprobe().address(), "optimized");
+    if (!label) return state.SkipWithError(label.error().c_str());
+    state.SetLabel("EntryProbe<int(int)>, " + *label);
+
+    int value = 0;
+    for (auto _ : state) benchmark::DoNotOptimize(value = ukp_bench_typed_entry(value));
+
+    if (probe.nhit() != static_cast<std::uint64_t>(state.iterations()))
+        state.SkipWithError("the probe missed calls: nhit() != iterations");
+    else if (value != static_cast<int>(state.iterations()))
+        state.SkipWithError("the probed function computed a wrong result");
+}
+
+void BM_LatencyProbe(benchmark::State& state) {
+    ukp::LatencyProbe latency{&ukp_bench_latency_target};
+    if (auto registered = latency.register_probe(); !registered)
+        return state.SkipWithError(registered.error().message.c_str());
+    auto label = label_if_kind(latency.kretprobe().kp.address(), "optimized");
+    if (!label) return state.SkipWithError(label.error().c_str());
+    state.SetLabel("LatencyProbe, " + *label);
+
+    int value = 0;
+    for (auto _ : state) benchmark::DoNotOptimize(value = ukp_bench_latency_target(value));
+
+    const auto histogram = latency.snapshot();
+    if (histogram.count != static_cast<std::uint64_t>(state.iterations()))
+        state.SkipWithError("the latency probe recorded a different number of calls than were made");
+    else if (value != static_cast<int>(state.iterations()))
+        state.SkipWithError("the probed function computed a wrong result");
+    else
+        state.counters["median_recorded_ns"] = static_cast<double>(histogram.percentile(0.5));
+}
+
 // ---- The kernel's uprobe on the same code, through tracefs ----
 //
-// The event is ukp_bench/entry_target on ukp_bench_uprobe_target, created
-// for one benchmark run and removed at its end, on every way out.  The
-// kernel puts its int3 into every process that maps this file at that
-// offset; only this one calls the function.
+// BM_KernelUprobe: the event ukp_bench/entry_target (`p:`) on
+// ukp_bench_uprobe_target.  BM_KernelUprobeUretprobe: ukp_bench/pair_entry
+// (`p:`) and ukp_bench/pair_return (`r:`) on ukp_bench_uretprobe_target,
+// both enabled, what a kernel tracer timing a function attaches.  Each event
+// is created for one benchmark run and removed at its end, on every way out
+// (a stale one from a run that crashed is removed first).  The kernel puts
+// its int3 into every process that maps this file at that offset; only this
+// one calls these functions.
 
-constexpr std::string_view uprobe_group = "ukp_bench", uprobe_event = "entry_target";
+constexpr std::string_view uprobe_group = "ukp_bench";
 
 std::string errno_text(int error) { return std::strerror(error); }
 
@@ -561,28 +683,53 @@ std::expected<std::string, std::string> executable_path() {
     return result;
 }
 
+// Where a kernel uprobe on `function` of this program goes: the writable
+// tracefs, the executable's path and the function's offset in it.
+struct UprobeSite {
+    std::string tracefs, file;
+    std::uint64_t offset;
+};
+
+std::expected<UprobeSite, std::string> uprobe_site_of(const void* function) {
+    auto tracefs = writable_tracefs();
+    if (!tracefs) return std::unexpected("tracefs uprobe_events not writable: " + tracefs.error());
+    auto file = executable_path();
+    if (!file) return std::unexpected(file.error());
+    auto offset = file_offset_in_executable(function);
+    if (!offset) return std::unexpected(offset.error());
+    return UprobeSite{*tracefs, *file, *offset};
+}
+
+// One uprobe event in uprobe_group: `p:` fires at the function's entry,
+// `r:` (a uretprobe) at its return.
+enum class UprobeKind : char { Entry = 'p', Return = 'r' };
+
 class KernelUprobe {
 public:
-    explicit KernelUprobe(std::string tracefs)
+    KernelUprobe(std::string tracefs, std::string_view event)
         : tracefs_(std::move(tracefs)),
+          event_(event),
           events_(tracefs_ + "/uprobe_events"),
-          enable_(tracefs_ + "/events/" + std::string(uprobe_group) + "/" + std::string(uprobe_event) + "/enable") {
+          enable_(tracefs_ + "/events/" + std::string(uprobe_group) + "/" + event_ + "/enable") {
         remove();  // a stale event of a run that crashed
     }
     KernelUprobe(const KernelUprobe&) = delete;
     KernelUprobe& operator=(const KernelUprobe&) = delete;
     ~KernelUprobe() { remove(); }
 
-    std::expected<void, std::string> create(const std::string& file, std::uint64_t offset) {
+    std::expected<void, std::string> create(UprobeKind kind, const std::string& file, std::uint64_t offset) {
         char definition[4352];
-        std::snprintf(definition, sizeof definition, "p:%s/%s %s:0x%llx\n", std::string(uprobe_group).c_str(),
-                      std::string(uprobe_event).c_str(), file.c_str(), static_cast<unsigned long long>(offset));
+        std::snprintf(definition, sizeof definition, "%c:%s/%s %s:0x%llx\n", static_cast<char>(kind),
+                      std::string(uprobe_group).c_str(), event_.c_str(), file.c_str(),
+                      static_cast<unsigned long long>(offset));
         file_ = file;
         return write_text(events_, definition, uprobe_events_flags);
     }
     std::expected<void, std::string> enable() { return write_text(enable_, "1\n"); }
 
-    // The kernel's hit count for the event (uprobe_profile: file, event, hits).
+    // The kernel's hit count for the event (uprobe_profile: file, event,
+    // hits).  The kernel counts a `r:` event's hits at the function's entry,
+    // where it hijacks the return address.
     std::expected<std::uint64_t, std::string> hits() const {
         std::string profile = tracefs_ + "/uprobe_profile";
         std::FILE* in = std::fopen(profile.c_str(), "re");
@@ -591,7 +738,7 @@ public:
         char file[4096], event[256];
         unsigned long long hits = 0;
         while (std::fscanf(in, " %4095s %255s %llu", file, event, &hits) == 3)
-            if (file_ == file && uprobe_event == event) found = hits;
+            if (file_ == file && event_ == event) found = hits;
         std::fclose(in);
         if (!found) return std::unexpected(profile + " does not list the event");
         return *found;
@@ -600,21 +747,17 @@ public:
 private:
     void remove() {
         (void)write_text(enable_, "0\n");
-        (void)write_text(events_, "-:" + std::string(uprobe_group) + "/" + std::string(uprobe_event) + "\n",
-                         uprobe_events_flags);
+        (void)write_text(events_, "-:" + std::string(uprobe_group) + "/" + event_ + "\n", uprobe_events_flags);
     }
-    std::string tracefs_, events_, enable_, file_;
+    std::string tracefs_, event_, events_, enable_, file_;
 };
 
 void BM_KernelUprobe(benchmark::State& state) {
-    auto tracefs = writable_tracefs();
-    if (!tracefs) return state.SkipWithError(("tracefs uprobe_events not writable: " + tracefs.error()).c_str());
-    auto file = executable_path();
-    if (!file) return state.SkipWithError(file.error().c_str());
-    auto offset = file_offset_in_executable(reinterpret_cast<const void*>(&ukp_bench_uprobe_target));
-    if (!offset) return state.SkipWithError(offset.error().c_str());
-    KernelUprobe uprobe(*tracefs);
-    if (auto created = uprobe.create(*file, *offset); !created) return state.SkipWithError(created.error().c_str());
+    auto site = uprobe_site_of(reinterpret_cast<const void*>(&ukp_bench_uprobe_target));
+    if (!site) return state.SkipWithError(site.error().c_str());
+    KernelUprobe uprobe(site->tracefs, "entry_target");
+    if (auto created = uprobe.create(UprobeKind::Entry, site->file, site->offset); !created)
+        return state.SkipWithError(created.error().c_str());
     if (auto enabled = uprobe.enable(); !enabled) return state.SkipWithError(enabled.error().c_str());
     auto before = uprobe.hits();
     if (!before) return state.SkipWithError(before.error().c_str());
@@ -629,6 +772,43 @@ void BM_KernelUprobe(benchmark::State& state) {
         std::string message = "the kernel uprobe counted " + std::to_string(*after - *before) + " hits for " +
                               std::to_string(state.iterations()) + " calls";
         state.SkipWithError(message.c_str());
+    }
+}
+
+// A kernel uprobe and uretprobe on the same function, both enabled: the
+// kernel's counterpart of BM_KretprobeEmpty.
+void BM_KernelUprobeUretprobe(benchmark::State& state) {
+    auto site = uprobe_site_of(reinterpret_cast<const void*>(&ukp_bench_uretprobe_target));
+    if (!site) return state.SkipWithError(site.error().c_str());
+    // Declared in this order, destroyed (disabled, removed) in the reverse.
+    KernelUprobe at_entry(site->tracefs, "pair_entry");
+    KernelUprobe at_return(site->tracefs, "pair_return");
+    for (auto [event, kind] : {std::pair{&at_entry, UprobeKind::Entry}, {&at_return, UprobeKind::Return}}) {
+        if (auto created = event->create(kind, site->file, site->offset); !created)
+            return state.SkipWithError(created.error().c_str());
+        if (auto enabled = event->enable(); !enabled) return state.SkipWithError(enabled.error().c_str());
+    }
+    auto entry_before = at_entry.hits();
+    if (!entry_before) return state.SkipWithError(entry_before.error().c_str());
+    auto exit_before = at_return.hits();
+    if (!exit_before) return state.SkipWithError(exit_before.error().c_str());
+    state.SetLabel("kernel uprobe+uretprobe");
+
+    int value = 0;
+    for (auto _ : state) benchmark::DoNotOptimize(value = ukp_bench_uretprobe_target(value));
+
+    auto entry_after = at_entry.hits();
+    if (!entry_after) return state.SkipWithError(entry_after.error().c_str());
+    auto exit_after = at_return.hits();
+    if (!exit_after) return state.SkipWithError(exit_after.error().c_str());
+    const auto calls = static_cast<std::uint64_t>(state.iterations());
+    if (*entry_after - *entry_before != calls || *exit_after - *exit_before != calls) {
+        std::string message = "the kernel counted " + std::to_string(*entry_after - *entry_before) + " uprobe and " +
+                              std::to_string(*exit_after - *exit_before) + " uretprobe hits for " +
+                              std::to_string(calls) + " calls";
+        state.SkipWithError(message.c_str());
+    } else if (value != static_cast<int>(calls)) {
+        state.SkipWithError("the probed function computed a wrong result");
     }
 }
 
@@ -737,7 +917,11 @@ BENCHMARK(BM_OptimizedPrePost)->UseRealTime();
 BENCHMARK(BM_BoostedProbe)->UseRealTime();
 BENCHMARK(BM_EmulatedProbe)->UseRealTime();
 BENCHMARK(BM_PostHandlerProbe)->UseRealTime();
+BENCHMARK(BM_KretprobeEmpty)->UseRealTime();
+BENCHMARK(BM_TypedEntryProbe)->UseRealTime();
+BENCHMARK(BM_LatencyProbe)->UseRealTime();
 BENCHMARK(BM_KernelUprobe)->UseRealTime();
+BENCHMARK(BM_KernelUprobeUretprobe)->UseRealTime();
 BENCHMARK(BM_RegisterUnregisterOne)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_RegisterOptimizedBatch)
     ->Arg(1000)
@@ -763,6 +947,8 @@ constexpr double entry_vs_floor_target = 1.5;   // at most
 constexpr double mid_vs_floor_target = 2.0;     // at most
 constexpr double uprobe_vs_entry_target = 100;  // at least
 constexpr double register_us_target = 5;        // at most, per probe of a 10,000-probe batch
+constexpr double kretprobe_vs_entry_target = 2.5;     // at most (issue 4)
+constexpr double uretprobe_vs_kretprobe_target = 100; // at least (issue 4)
 
 // Holds every result until the run ends, because with random interleaving a
 // floor may be reported after the benchmarks it divides; then adds the
@@ -817,15 +1003,16 @@ public:
                      "floor, both of this run.\n(BM_RawInt3's CPU column above is the parent's, waiting on the "
                      "pipe.)\n",
                      repeated ? "medians of the repetitions" : "single runs");
-        std::fprintf(out, "%-22s %-30s %10s %9s %9s\n", "hit", "kind", "ns/hit", "vs_floor", "vs_int3");
+        std::fprintf(out, "%-24s %-44s %10s %9s %9s\n", "hit", "kind", "ns/hit", "vs_floor", "vs_int3");
         for (const char* name : {"BM_BareCall", "BM_JumpFloor", "BM_OptimizedEntry", "BM_OptimizedMid",
                                  "BM_OptimizedPrePost", "BM_BoostedProbe", "BM_EmulatedProbe", "BM_PostHandlerProbe",
-                                 "BM_RawInt3", "BM_KernelUprobe"}) {
+                                 "BM_KretprobeEmpty", "BM_TypedEntryProbe", "BM_LatencyProbe", "BM_RawInt3",
+                                 "BM_KernelUprobe", "BM_KernelUprobeUretprobe"}) {
             if (const Row* row = find(name))
-                std::fprintf(out, "%-22s %-30s %10.1f %9s %9s\n", name, row->label.c_str(), row->ns,
+                std::fprintf(out, "%-24s %-44s %10.1f %9s %9s\n", name, row->label.c_str(), row->ns,
                              fixed(row->vs_floor, "%.2f").c_str(), fixed(row->vs_int3, "%.4f").c_str());
             else
-                std::fprintf(out, "%-22s skipped: %s\n", name, error_of(name).c_str());
+                std::fprintf(out, "%-24s skipped: %s\n", name, error_of(name).c_str());
         }
 
         std::fprintf(out, "+xmm,...: the vector state in use (XINUSE) as the loop started; an optimized probe's "
@@ -865,6 +1052,14 @@ public:
         target(out, "register+optimize, 10,000-probe batch (us)",
                bulk ? bulk->counters.at("register_us_per_probe") : -1, "<=", register_us_target,
                "BM_RegisterOptimizedBatch/10000");
+
+        std::fprintf(out, "\n%-44s %10s %10s  %s\n", "target (issue 4)", "measured", "target", "");
+        const Row* kretprobe = find("BM_KretprobeEmpty");
+        const Row* uretprobe = find("BM_KernelUprobeUretprobe");
+        target(out, "kretprobe (entry+return) / optimized entry", kretprobe && entry ? kretprobe->ns / entry->ns : -1,
+               "<=", kretprobe_vs_entry_target, !kretprobe ? "BM_KretprobeEmpty" : "BM_OptimizedEntry");
+        target(out, "kernel uprobe+uretprobe / kretprobe", uretprobe && kretprobe ? uretprobe->ns / kretprobe->ns : -1,
+               ">=", uretprobe_vs_kretprobe_target, !uretprobe ? "BM_KernelUprobeUretprobe" : "BM_KretprobeEmpty");
     }
 
 private:
