@@ -33,6 +33,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "arch/x86_64/asm_pt_regs.hpp"
 #include "arch/x86_64/trampoline.hpp"
 #include "arch/backend.hpp"
 
@@ -54,9 +55,10 @@ static_assert(vector_area % 64 == 0);
 
 __attribute__((used)) static void define_return_trampoline() {
     asm volatile(
+        ".pushsection .text\n"
+        ".intel_syntax noprefix\n"
+        UKP_ASM_GPR_MACROS
         R"(
-        .pushsection .text
-        .intel_syntax noprefix
         # A nop before the entry, so that a backtrace that looks up
         # "return address - 1" does not land in the previous function.
         .p2align 4
@@ -68,21 +70,7 @@ ukp_return_trampoline:
         lea rsp, [rsp - 8]
         pushfq
         lea rsp, [rsp - %c[regs_size]]
-        mov [rsp + %c[r15]], r15
-        mov [rsp + %c[r14]], r14
-        mov [rsp + %c[r13]], r13
-        mov [rsp + %c[r12]], r12
-        mov [rsp + %c[bp]], rbp
-        mov [rsp + %c[bx]], rbx
-        mov [rsp + %c[r11]], r11
-        mov [rsp + %c[r10]], r10
-        mov [rsp + %c[r9]], r9
-        mov [rsp + %c[r8]], r8
-        mov [rsp + %c[ax]], rax
-        mov [rsp + %c[cx]], rcx
-        mov [rsp + %c[dx]], rdx
-        mov [rsp + %c[si]], rsi
-        mov [rsp + %c[di]], rdi
+        UKP_SAVE_GPRS
         mov rbx, rsp
         mov rax, [rbx + %c[regs_size]]
         mov [rbx + %c[flags]], rax
@@ -147,36 +135,14 @@ ukp_return_trampoline:
         mov rsp, rbx
         push qword ptr [rsp + %c[flags]]
         popfq
-        mov r15, [rsp + %c[r15]]
-        mov r14, [rsp + %c[r14]]
-        mov r13, [rsp + %c[r13]]
-        mov r12, [rsp + %c[r12]]
-        mov rbp, [rsp + %c[bp]]
-        mov rbx, [rsp + %c[bx]]
-        mov r11, [rsp + %c[r11]]
-        mov r10, [rsp + %c[r10]]
-        mov r9, [rsp + %c[r9]]
-        mov r8, [rsp + %c[r8]]
-        mov rax, [rsp + %c[ax]]
-        mov rcx, [rsp + %c[cx]]
-        mov rdx, [rsp + %c[dx]]
-        mov rsi, [rsp + %c[si]]
-        mov rdi, [rsp + %c[di]]
+        UKP_RESTORE_GPRS
         # lea, not add: the flags are restored already.
         lea rsp, [rsp + %c[regs_size] + 8]
         ret
         .size ukp_return_trampoline, .-ukp_return_trampoline
-        .att_syntax prefix
-        .popsection
-        )" ::[r15] "i"(offsetof(pt_regs, r15)),
-        [r14] "i"(offsetof(pt_regs, r14)), [r13] "i"(offsetof(pt_regs, r13)), [r12] "i"(offsetof(pt_regs, r12)),
-        [bp] "i"(offsetof(pt_regs, bp)), [bx] "i"(offsetof(pt_regs, bx)), [r11] "i"(offsetof(pt_regs, r11)),
-        [r10] "i"(offsetof(pt_regs, r10)), [r9] "i"(offsetof(pt_regs, r9)), [r8] "i"(offsetof(pt_regs, r8)),
-        [ax] "i"(offsetof(pt_regs, ax)), [cx] "i"(offsetof(pt_regs, cx)), [dx] "i"(offsetof(pt_regs, dx)),
-        [si] "i"(offsetof(pt_regs, si)), [di] "i"(offsetof(pt_regs, di)), [orig_ax] "i"(offsetof(pt_regs, orig_ax)),
-        [ip] "i"(offsetof(pt_regs, ip)), [cs] "i"(offsetof(pt_regs, cs)), [ss] "i"(offsetof(pt_regs, ss)),
-        [flags] "i"(offsetof(pt_regs, flags)), [sp] "i"(offsetof(pt_regs, sp)), [regs_size] "i"(sizeof(pt_regs)),
-        [vector_area] "i"(vector_area), [fnsave] "i"(fnsave_offset));
+        )" UKP_ASM_PURGE_GPR_MACROS
+        ".att_syntax prefix\n"
+        ".popsection\n" ::UKP_PT_REGS_OPERANDS, [vector_area] "i"(vector_area), [fnsave] "i"(fnsave_offset));
 }
 
 }  // namespace ukp::x86

@@ -25,6 +25,7 @@
 #include <cstring>
 #include <fmt/format.h>
 
+#include "arch/x86_64/asm_pt_regs.hpp"
 #include "arch/x86_64/relocator.hpp"
 
 namespace ukp::x86 {
@@ -55,45 +56,10 @@ constexpr std::size_t body_pointer_bytes = 16;  // pre body, post body at the sl
 // .text under its own global labels.
 __attribute__((used)) static void define_trampoline_bodies() {
     asm volatile(
+        ".pushsection .text\n"
+        ".intel_syntax noprefix\n"
+        UKP_ASM_GPR_MACROS
         R"(
-        .pushsection .text
-        .intel_syntax noprefix
-
-        .macro UKP_SAVE_GPRS
-        mov [rsp + %c[r15]], r15
-        mov [rsp + %c[r14]], r14
-        mov [rsp + %c[r13]], r13
-        mov [rsp + %c[r12]], r12
-        mov [rsp + %c[bp]], rbp
-        mov [rsp + %c[bx]], rbx
-        mov [rsp + %c[r11]], r11
-        mov [rsp + %c[r10]], r10
-        mov [rsp + %c[r9]], r9
-        mov [rsp + %c[r8]], r8
-        mov [rsp + %c[ax]], rax
-        mov [rsp + %c[cx]], rcx
-        mov [rsp + %c[dx]], rdx
-        mov [rsp + %c[si]], rsi
-        mov [rsp + %c[di]], rdi
-        .endm
-
-        .macro UKP_RESTORE_GPRS
-        mov r15, [rsp + %c[r15]]
-        mov r14, [rsp + %c[r14]]
-        mov r13, [rsp + %c[r13]]
-        mov r12, [rsp + %c[r12]]
-        mov rbp, [rsp + %c[bp]]
-        mov rbx, [rsp + %c[bx]]
-        mov r11, [rsp + %c[r11]]
-        mov r10, [rsp + %c[r10]]
-        mov r9, [rsp + %c[r9]]
-        mov r8, [rsp + %c[r8]]
-        mov rax, [rsp + %c[ax]]
-        mov rcx, [rsp + %c[cx]]
-        mov rdx, [rsp + %c[dx]]
-        mov rsi, [rsp + %c[si]]
-        mov rdi, [rsp + %c[di]]
-        .endm
 
         # UKP_BODY name, last_low_vector (7 at entry, 15 elsewhere),
         #          wide (1: also opmask and zmm16-31), mxcsr (1: preserve MXCSR),
@@ -243,19 +209,10 @@ ukp_trampoline_bodies_start:
         .globl ukp_trampoline_bodies_end
         .hidden ukp_trampoline_bodies_end
 ukp_trampoline_bodies_end:
-        .purgem UKP_SAVE_GPRS
-        .purgem UKP_RESTORE_GPRS
         .purgem UKP_BODY
-        .att_syntax prefix
-        .popsection
-        )" ::[r15] "i"(offsetof(pt_regs, r15)),
-        [r14] "i"(offsetof(pt_regs, r14)), [r13] "i"(offsetof(pt_regs, r13)), [r12] "i"(offsetof(pt_regs, r12)),
-        [bp] "i"(offsetof(pt_regs, bp)), [bx] "i"(offsetof(pt_regs, bx)), [r11] "i"(offsetof(pt_regs, r11)),
-        [r10] "i"(offsetof(pt_regs, r10)), [r9] "i"(offsetof(pt_regs, r9)), [r8] "i"(offsetof(pt_regs, r8)),
-        [ax] "i"(offsetof(pt_regs, ax)), [cx] "i"(offsetof(pt_regs, cx)), [dx] "i"(offsetof(pt_regs, dx)),
-        [si] "i"(offsetof(pt_regs, si)), [di] "i"(offsetof(pt_regs, di)), [orig_ax] "i"(offsetof(pt_regs, orig_ax)),
-        [flags] "i"(offsetof(pt_regs, flags)), [sp] "i"(offsetof(pt_regs, sp)), [regs_size] "i"(sizeof(pt_regs)),
-        [gap] "i"(gap), [vector_area] "i"(vector_area));
+        )" UKP_ASM_PURGE_GPR_MACROS
+        ".att_syntax prefix\n"
+        ".popsection\n" ::UKP_PT_REGS_OPERANDS, [gap] "i"(gap), [vector_area] "i"(vector_area));
 }
 
 extern "C" char ukp_trampoline_bodies_start[], ukp_trampoline_bodies_end[];

@@ -1,0 +1,59 @@
+// Saving and restoring the general registers into a pt_regs at [rsp], for
+// the asm of this folder's trampolines (trampoline.cpp, return_trampoline.cpp).
+//
+// Every offset is an `offsetof` operand, never a hand-counted number: an asm
+// statement that uses UKP_ASM_GPR_MACROS must pass UKP_PT_REGS_OPERANDS (and
+// purge the two macros at its end with UKP_ASM_PURGE_GPR_MACROS).
+#pragma once
+
+#include <cstddef>
+
+#include "ukprobes/pt_regs.h"
+
+#define UKP_ASM_GPR_MACROS                  \
+    ".macro UKP_SAVE_GPRS\n"                \
+    "mov [rsp + %c[r15]], r15\n"            \
+    "mov [rsp + %c[r14]], r14\n"            \
+    "mov [rsp + %c[r13]], r13\n"            \
+    "mov [rsp + %c[r12]], r12\n"            \
+    "mov [rsp + %c[bp]], rbp\n"             \
+    "mov [rsp + %c[bx]], rbx\n"             \
+    "mov [rsp + %c[r11]], r11\n"            \
+    "mov [rsp + %c[r10]], r10\n"            \
+    "mov [rsp + %c[r9]], r9\n"              \
+    "mov [rsp + %c[r8]], r8\n"              \
+    "mov [rsp + %c[ax]], rax\n"             \
+    "mov [rsp + %c[cx]], rcx\n"             \
+    "mov [rsp + %c[dx]], rdx\n"             \
+    "mov [rsp + %c[si]], rsi\n"             \
+    "mov [rsp + %c[di]], rdi\n"             \
+    ".endm\n"                               \
+    ".macro UKP_RESTORE_GPRS\n"             \
+    "mov r15, [rsp + %c[r15]]\n"            \
+    "mov r14, [rsp + %c[r14]]\n"            \
+    "mov r13, [rsp + %c[r13]]\n"            \
+    "mov r12, [rsp + %c[r12]]\n"            \
+    "mov rbp, [rsp + %c[bp]]\n"             \
+    "mov rbx, [rsp + %c[bx]]\n"             \
+    "mov r11, [rsp + %c[r11]]\n"            \
+    "mov r10, [rsp + %c[r10]]\n"            \
+    "mov r9, [rsp + %c[r9]]\n"              \
+    "mov r8, [rsp + %c[r8]]\n"              \
+    "mov rax, [rsp + %c[ax]]\n"             \
+    "mov rcx, [rsp + %c[cx]]\n"             \
+    "mov rdx, [rsp + %c[dx]]\n"             \
+    "mov rsi, [rsp + %c[si]]\n"             \
+    "mov rdi, [rsp + %c[di]]\n"             \
+    ".endm\n"
+
+#define UKP_ASM_PURGE_GPR_MACROS ".purgem UKP_SAVE_GPRS\n.purgem UKP_RESTORE_GPRS\n"
+
+#define UKP_PT_REGS_OPERANDS                                                                                   \
+    [r15] "i"(offsetof(pt_regs, r15)), [r14] "i"(offsetof(pt_regs, r14)), [r13] "i"(offsetof(pt_regs, r13)),   \
+        [r12] "i"(offsetof(pt_regs, r12)), [bp] "i"(offsetof(pt_regs, bp)), [bx] "i"(offsetof(pt_regs, bx)),   \
+        [r11] "i"(offsetof(pt_regs, r11)), [r10] "i"(offsetof(pt_regs, r10)), [r9] "i"(offsetof(pt_regs, r9)), \
+        [r8] "i"(offsetof(pt_regs, r8)), [ax] "i"(offsetof(pt_regs, ax)), [cx] "i"(offsetof(pt_regs, cx)),     \
+        [dx] "i"(offsetof(pt_regs, dx)), [si] "i"(offsetof(pt_regs, si)), [di] "i"(offsetof(pt_regs, di)),     \
+        [orig_ax] "i"(offsetof(pt_regs, orig_ax)), [ip] "i"(offsetof(pt_regs, ip)),                           \
+        [cs] "i"(offsetof(pt_regs, cs)), [flags] "i"(offsetof(pt_regs, flags)),                               \
+        [sp] "i"(offsetof(pt_regs, sp)), [ss] "i"(offsetof(pt_regs, ss)), [regs_size] "i"(sizeof(pt_regs))
