@@ -37,23 +37,20 @@
 //    holds only floating-point members) travel in xmm0-7; long double (X87)
 //    always goes to the stack but is 16-byte aligned x87 data.
 //
-// Why floating point is rejected.  ukp::Regs is the kernel's pt_regs: it has
-// no vector registers.  Nor can the pre-handler read xmm0-7 itself: on the
-// int3 path it runs in a SIGTRAP handler, where the kernel resets the vector
-// state to its initial values after saving the interrupted values in the
-// signal frame (which the Kprobe API does not hand to the handler); on the
-// optimized path the trampoline saves xmm0-7 in its own frame, and the
-// dispatcher that runs before the handler is free to use them.  An
-// experiment confirms both: a probe on `double f(double)` read xmm0 at the
-// start of its pre-handler and saw neither the argument nor zero on either
-// path.  Redirecting the call to a typed thunk (the jprobe way) would see the
-// vector registers, but puts a frame of ours between the function and its
-// caller and makes each call hit the probe twice.  So any argument with an
-// SSE or X87 eightbyte is a compile-time error until the engine hands the
-// handler the saved vector registers; revisit this then.  Structs larger
-// than 16 bytes are passed in memory whatever their members are, so they
-// are supported even when they hold doubles.
-//
+// Floating point.  ukp::Regs is the kernel's pt_regs: it has no vector
+// registers.  The engine keeps the probed context's saved xmm registers
+// visible to handlers instead (from the signal frame on the int3 path, from
+// the trampoline's save area on the optimized path; an entry trampoline
+// saves xmm0-7, the argument registers), and ukp::probed_vector_register()
+// reads them: a float or double argument is decoded from the low bytes of
+// the next of xmm0-7, counted separately from the integer registers, and
+// from the stack after the eighth.  Still rejected: long double (X87 class),
+// and small structs with a floating-point member, whose eightbytes would
+// have to be classified one by one (an INTEGER and an SSE eightbyte can
+// share a struct); revisit with reflection.  Structs larger than 16 bytes
+// are passed in memory whatever their members, so they are supported even
+// when they hold doubles.
+
 // How a small struct is classified without reflection.  A class passed by
 // value in registers must be an aggregate (public members, no
 // constructors).  We aggregate-initialize it, in an unevaluated context,
@@ -103,6 +100,7 @@ __extension__ typedef unsigned __int128 UInt128;
 
 inline constexpr std::size_t eightbyte = 8;
 inline constexpr unsigned integer_argument_registers = 6;  // rdi, rsi, rdx, rcx, r8, r9
+inline constexpr unsigned vector_argument_registers = 8;   // xmm0-7
 inline constexpr std::size_t stack_arguments_offset = 8;    // above the return address
 
 template <class T>
@@ -191,9 +189,9 @@ consteval bool has_only_integer_members() {
 // Where a value of this type travels, or why it cannot be decoded.
 enum class ArgumentClass {
     Integer,  // one or two INTEGER eightbytes: registers, else the stack
+    Sse,      // float or double: the next of xmm0-7, else the stack
     Memory,   // copied by the caller onto the stack
     // Not supported:
-    FloatingPoint,
     LongDouble,
     Union,
     NotTriviallyCopyable,
@@ -211,8 +209,8 @@ consteval ArgumentClass classify_argument() {
         return ArgumentClass::Integer;
     } else if constexpr (std::is_same_v<Value, long double>) {
         return ArgumentClass::LongDouble;
-    } else if constexpr (std::is_floating_point_v<Value>) {
-        return ArgumentClass::FloatingPoint;
+    } else if constexpr (std::is_same_v<Value, float> || std::is_same_v<Value, double>) {
+        return ArgumentClass::Sse;
     } else if constexpr (std::is_union_v<Value>) {
         return ArgumentClass::Union;
     } else if constexpr (!std::is_class_v<Value>) {
@@ -239,9 +237,6 @@ consteval ArgumentClass classify_argument() {
 template <class T>
 struct SupportedArgument {
     static constexpr ArgumentClass argument_class = classify_argument<T>();
-    static_assert(argument_class != ArgumentClass::FloatingPoint,
-                  "ukp::EntryProbe: floating-point arguments need the vector registers, which pt_regs does not "
-                  "carry; not supported yet");
     static_assert(argument_class != ArgumentClass::LongDouble,
                   "ukp::EntryProbe: long double arguments (x87 class) are not supported");
     static_assert(argument_class != ArgumentClass::Union,
@@ -302,6 +297,8 @@ struct ArgumentLocation {
     bool in_registers = false;
     unsigned first_register = 0;       // index into rdi, rsi, rdx, rcx, r8, r9
     std::size_t stack_offset = 0;      // from the stack pointer, when on the stack
+    bool in_vector_register = false;
+    unsigned vector_register = 0;      // index into xmm0-7
 };
 
 // Fact 2 and 4 as a walk over the parameter list.
@@ -310,20 +307,30 @@ consteval std::array<ArgumentLocation, sizeof...(Args)> locate_arguments() {
     const std::array<ArgumentShape, sizeof...(Args)> shapes{shape_of<Args>()...};
     std::array<ArgumentLocation, sizeof...(Args)> locations{};
     unsigned next_register = returns_through_hidden_pointer<R>() ? 1 : 0;
+    unsigned next_vector_register = 0;  // SSE arguments count separately
     std::size_t stack_area = 0;  // offset in the stack argument area
     for (std::size_t index = 0; index < shapes.size(); ++index) {
         const auto& shape = shapes[index];
         const auto eightbytes = static_cast<unsigned>((shape.size + eightbyte - 1) / eightbyte);
-        if (shape.argument_class == ArgumentClass::Integer &&
+        if (shape.argument_class == ArgumentClass::Sse && next_vector_register < vector_argument_registers) {
+            locations[index] = {.in_registers = false,
+                                .first_register = 0,
+                                .stack_offset = 0,
+                                .in_vector_register = true,
+                                .vector_register = next_vector_register++};
+        } else if (shape.argument_class == ArgumentClass::Integer &&
             next_register + eightbytes <= integer_argument_registers) {
-            locations[index] = {.in_registers = true, .first_register = next_register, .stack_offset = 0};
+            locations[index] = {.in_registers = true, .first_register = next_register, .stack_offset = 0,
+                                .in_vector_register = false, .vector_register = 0};
             next_register += eightbytes;
         } else {
             const auto alignment = std::max(eightbyte, shape.alignment);
             stack_area = (stack_area + alignment - 1) / alignment * alignment;
             locations[index] = {.in_registers = false,
                                 .first_register = 0,
-                                .stack_offset = stack_arguments_offset + stack_area};
+                                .stack_offset = stack_arguments_offset + stack_area,
+                                .in_vector_register = false,
+                                .vector_register = 0};
             stack_area += eightbytes * eightbyte;
         }
     }
@@ -375,6 +382,14 @@ T decode_argument(const Regs& regs) noexcept {
         const auto address = where.in_registers ? integer_register(regs, where.first_register)
                                                 : *reinterpret_cast<const std::uint64_t*>(stack_address);
         return static_cast<T>(*reinterpret_cast<std::remove_reference_t<T>*>(address));
+    } else if constexpr (where.in_vector_register) {
+        // The probed context's xmm register, as the trap or trampoline saved
+        // it (ukp::probed_vector_register); the value is in its low bytes.
+        unsigned char vector[16] = {};
+        (void)probed_vector_register(where.vector_register, vector);
+        std::array<unsigned char, sizeof(T)> bytes;
+        std::memcpy(bytes.data(), vector, sizeof(T));
+        return std::bit_cast<std::remove_cv_t<T>>(bytes);
     } else if constexpr (where.in_registers) {
         const auto high = sizeof(T) > eightbyte ? integer_register(regs, where.first_register + 1) : 0;
         return value_from_words<T>(integer_register(regs, where.first_register), high);

@@ -130,6 +130,13 @@ struct FunctionSymbol {
 };
 [[nodiscard]] Result<std::vector<FunctionSymbol>> find_functions(std::string_view module, std::string_view pattern);
 
+// Inside a handler: copies the probed context's vector register `index`
+// (x86-64: xmm<index>, 16 bytes) to `out`.  False outside a handler, and for
+// registers the probe did not save (an entry trampoline saves xmm0-7, the
+// ABI's argument registers).  How typed entry probes read floating-point
+// arguments.
+[[nodiscard]] bool probed_vector_register(unsigned index, void* out) noexcept;
+
 // Code that must never be probed, in addition to ukprobes' own code and the
 // signal return trampoline (the kernel's NOKPROBE_SYMBOL).
 void blacklist_range(std::uint64_t start, std::uint64_t end);

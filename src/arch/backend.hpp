@@ -135,6 +135,18 @@ struct Memory {
 // (inline, in the backend's backend_types.hpp)
 // void complete_trampoline_regs(pt_regs& regs, std::uint64_t ip) noexcept;
 
+// The probed context's vector registers (x86-64: xmm), as saved by the
+// kernel in a signal frame or by a trampoline: `count` registers of 16
+// bytes each, `stride` bytes apart.  Handlers read them through
+// ukp::probed_vector_register() (typed entry probes' floating-point
+// arguments).
+struct VectorView {
+    const std::uint8_t* base = nullptr;
+    std::uint16_t stride = 0;
+    std::uint8_t count = 0;
+};
+[[nodiscard]] VectorView vector_registers_of(const void* ucontext) noexcept;
+
 // --- Return probes (src/arch/x86_64/return_trampoline.cpp) ---
 
 // The address a hijacked return goes to.

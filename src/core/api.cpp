@@ -1,7 +1,10 @@
 // The C++ front end: ukp::Kprobe over core::ProbeRecord.
 #include <fmt/format.h>
 
+#include <cstring>
+
 #include "core/engine.hpp"
+#include "core/thread_state.hpp"
 #include "ukprobes/ukprobes.hpp"
 
 #define UKP_API __attribute__((visibility("default")))
@@ -167,6 +170,13 @@ UKP_API Result<std::vector<FunctionSymbol>> find_functions(std::string_view modu
     for (auto& symbol : *found)
         functions.push_back({std::move(symbol.name), std::move(symbol.module), symbol.address, symbol.size});
     return functions;
+}
+
+UKP_API bool probed_vector_register(unsigned index, void* out) noexcept {
+    const core::ThreadRecord* record = core::this_thread_record_if_any();
+    if (record == nullptr || record->vectors == nullptr || index >= record->vector_count) return false;
+    std::memcpy(out, record->vectors + static_cast<std::size_t>(index) * record->vector_stride, 16);
+    return true;
 }
 
 UKP_API void blacklist_range(std::uint64_t start, std::uint64_t end) {

@@ -208,6 +208,8 @@ void on_trap_signal(int signal, siginfo_t* info, void* context) {
     Engine& engine = Engine::instance();
     pt_regs regs;
     arch::load_regs(context, regs);
+    const auto vectors = arch::vector_registers_of(context);
+    VectorRegistersScope vector_view(record, vectors.base, vectors.stride, vectors.count);
 
     switch (arch::classify_trap(info)) {
     case arch::TrapKind::Breakpoint: {
@@ -348,7 +350,7 @@ void on_fault_signal(int signal, siginfo_t* info, void* context) {
 // point; the continuation is the word after it, where the relocated region
 // begins, unless a pre-handler redirected execution.
 template <bool Post>
-std::uint64_t optimized_hit(pt_regs* regs) {
+std::uint64_t optimized_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned vector_count) {
     const std::uint64_t data = arch::trampoline_data_address(*regs);
     const std::uint64_t continuation = arch::trampoline_continuation(*regs);
     // The data word may be unaligned (after the post call's jump over it):
@@ -358,6 +360,8 @@ std::uint64_t optimized_hit(pt_regs* regs) {
     ThreadRecord* record = this_thread_record();
     if (record == nullptr) return continuation;
     DispatchScope scope(record);
+    // The trampoline saved the vector registers 64 bytes apart.
+    VectorRegistersScope vector_view(record, vectors, 64, static_cast<std::uint8_t>(vector_count));
     const HandlerList* list = point->handlers.load(std::memory_order_acquire);
 
     if constexpr (Post) {
@@ -406,8 +410,12 @@ std::uint64_t optimized_hit(pt_regs* regs) {
 
 }  // namespace
 
-extern "C" std::uint64_t ukp_optimized_pre_hit(pt_regs* regs) { return optimized_hit<false>(regs); }
-extern "C" std::uint64_t ukp_optimized_post_hit(pt_regs* regs) { return optimized_hit<true>(regs); }
+extern "C" std::uint64_t ukp_optimized_pre_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned count) {
+    return optimized_hit<false>(regs, vectors, count);
+}
+extern "C" std::uint64_t ukp_optimized_post_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned count) {
+    return optimized_hit<true>(regs, vectors, count);
+}
 
 Result<void> install_trap_handlers() {
     if (auto taken = os::take_signal(SIGTRAP, on_trap_signal); !taken) return taken;

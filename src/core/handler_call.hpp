@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 
 #include "core/thread_state.hpp"
 
@@ -63,5 +64,31 @@ template <class Call>
     record->handler_escape_armed = saved_armed;
     return completed;
 }
+
+// Shows the handlers of one hit the probed context's vector registers;
+// nested hits (a handler's signal hitting a probe) restore the outer view.
+class VectorRegistersScope {
+public:
+    VectorRegistersScope(ThreadRecord* record, const std::uint8_t* base, std::uint16_t stride,
+                         std::uint8_t count) noexcept
+        : record_(record), base_(record->vectors), stride_(record->vector_stride), count_(record->vector_count) {
+        record->vectors = base;
+        record->vector_stride = stride;
+        record->vector_count = count;
+    }
+    ~VectorRegistersScope() {
+        record_->vectors = base_;
+        record_->vector_stride = stride_;
+        record_->vector_count = count_;
+    }
+    VectorRegistersScope(const VectorRegistersScope&) = delete;
+    VectorRegistersScope& operator=(const VectorRegistersScope&) = delete;
+
+private:
+    ThreadRecord* record_;
+    const std::uint8_t* base_;
+    std::uint16_t stride_;
+    std::uint8_t count_;
+};
 
 }  // namespace ukp::core

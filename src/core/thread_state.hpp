@@ -95,6 +95,11 @@ struct ThreadRecord {
     void* handler_escape[5] = {};
     bool handler_escape_armed = false;
     EscapeKind escape_kind = EscapeKind::None;
+    // The probed context's saved vector registers while its handlers run
+    // (arch::VectorView's fields; null outside handlers).
+    const std::uint8_t* vectors = nullptr;
+    std::uint16_t vector_stride = 0;
+    std::uint8_t vector_count = 0;
 
     // Pending returns of return probes (kretprobe.cpp).
     ReturnStack return_stack;

@@ -446,3 +446,60 @@ TEST(TypedReturnValue, HiddenPointerResultIsReadThroughRax) {
 }
 
 }  // namespace
+
+// Floating-point arguments: the next of xmm0-7, counted apart from the
+// integer registers, then the stack.
+extern "C" {
+__attribute__((noipa)) double ep_doubles(double a, long b, float c, double d) { return a + b + c + d; }
+__attribute__((noipa)) double ep_ten_doubles(double a, double b, double c, double d, double e, double f, double g,
+                                             double h, double i, double j) {
+    return a + b + c + d + e + f + g + h + i + j;
+}
+}
+
+namespace {
+
+class FloatingPointArguments : public ::testing::TestWithParam<unsigned> {};
+
+TEST_P(FloatingPointArguments, DoublesAndFloatsComeFromTheVectorRegisters) {
+    double seen_a = 0, seen_d = 0;
+    long seen_b = 0;
+    float seen_c = 0;
+    ukp::EntryProbe probe{&ep_doubles, [&](double a, long b, float c, double d) {
+                              seen_a = a;
+                              seen_b = b;
+                              seen_c = c;
+                              seen_d = d;
+                          }};
+    probe.kprobe().flags = GetParam();
+    register_or_fail(probe);
+    EXPECT_EQ(kind_at(reinterpret_cast<void*>(&ep_doubles)) == "optimized", GetParam() == 0)
+        << ukp::format_probe_list();
+    EXPECT_EQ(ep_doubles(1.25, 7, 2.5f, -3.75), 1.25 + 7 + 2.5 - 3.75);
+    EXPECT_EQ(seen_a, 1.25);
+    EXPECT_EQ(seen_b, 7);
+    EXPECT_EQ(seen_c, 2.5f);
+    EXPECT_EQ(seen_d, -3.75);
+}
+
+TEST_P(FloatingPointArguments, NinthAndTenthDoublesComeFromTheStack) {
+    std::array<double, 10> seen_values{};
+    ukp::EntryProbe probe{&ep_ten_doubles, [&](double a, double b, double c, double d, double e, double f, double g,
+                                               double h, double i, double j) {
+                              seen_values = {a, b, c, d, e, f, g, h, i, j};
+                          }};
+    probe.kprobe().flags = GetParam();
+    register_or_fail(probe);
+    EXPECT_EQ(ep_ten_doubles(0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 9.5), 50.0);
+    EXPECT_EQ(seen_values, (std::array<double, 10>{0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 9.5}));
+}
+
+INSTANTIATE_TEST_SUITE_P(Paths, FloatingPointArguments, ::testing::Values(0u, ukp::flag_no_optimize),
+                         [](const auto& info) { return info.param == 0 ? "optimized" : "int3"; });
+
+TEST(ProbedVectorRegister, IsUnavailableOutsideAHandler) {
+    unsigned char out[16];
+    EXPECT_FALSE(ukp::probed_vector_register(0, out));
+}
+
+}  // namespace

@@ -130,6 +130,12 @@ std::uint64_t ucontext_instruction_pointer(const void* ucontext) noexcept {
     return static_cast<std::uint64_t>(static_cast<const ucontext_t*>(ucontext)->uc_mcontext.gregs[REG_RIP]);
 }
 
+VectorView vector_registers_of(const void* ucontext) noexcept {
+    const auto* fpregs = static_cast<const ucontext_t*>(ucontext)->uc_mcontext.fpregs;
+    if (fpregs == nullptr) return {};
+    return {reinterpret_cast<const std::uint8_t*>(fpregs->_xmm), sizeof(fpregs->_xmm[0]), 16};
+}
+
 TrapKind classify_trap(const siginfo_t* info) noexcept {
     if (info->si_code == SI_KERNEL) return TrapKind::Breakpoint;
     if (info->si_code == TRAP_TRACE) return TrapKind::SingleStep;

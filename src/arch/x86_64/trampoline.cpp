@@ -136,6 +136,8 @@ __attribute__((used)) static void define_trampoline_bodies() {
         .endif
 
         mov rdi, rbx
+        mov rsi, rsp                    # the saved vector registers
+        mov edx, \last + 1
         call \function
 
         .if \mxcsr

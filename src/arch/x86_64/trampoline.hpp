@@ -103,6 +103,7 @@ struct StubLayout {
 }  // namespace ukp::x86
 
 // The C++ side of the bodies (src/core/dispatch.cpp).  `regs->orig_ax`
-// carries the stub's data address on entry.  Returns where to continue.
-extern "C" std::uint64_t ukp_optimized_pre_hit(pt_regs* regs);
-extern "C" std::uint64_t ukp_optimized_post_hit(pt_regs* regs);
+// carries the return address of the stub's call; `vectors` the saved xmm
+// registers (64 bytes apart, `count` of them).  Returns where to continue.
+extern "C" std::uint64_t ukp_optimized_pre_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned count);
+extern "C" std::uint64_t ukp_optimized_post_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned count);
