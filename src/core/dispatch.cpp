@@ -125,6 +125,38 @@ Outcome execute_displaced(ThreadRecord* record, ProbePoint* point, pt_regs& regs
     return Outcome::Resume;
 }
 
+// Reentrancy: a handler on this thread hit a probe.  Count it missed for
+// every enabled record there, as the kernel does for aggregate probes.
+void count_misses(const HandlerList* list) {
+    for (ProbeRecord* probe : list->probes)
+        if (probe->enabled.load(std::memory_order_relaxed)) probe->count_miss();
+}
+
+// Runs the enabled pre-handlers of a hit in registration order (the
+// kernel's aggregate rule).  A handler that faults is abandoned as if it
+// returned 0 and changed nothing.  Returns the probe whose handler returned
+// non-zero, which stops the walk (kernel semantics: it has set the
+// registers, ip included), with `before` holding the registers as they were
+// before that handler ran; nullptr when every handler returned 0.
+ProbeRecord* run_pre_handlers(ThreadRecord* record, ProbePoint* point, const HandlerList* list, pt_regs& regs,
+                              pt_regs& before) {
+    for (ProbeRecord* probe : list->probes) {
+        if (!probe->enabled.load(std::memory_order_relaxed)) continue;
+        probe->count_hit(record->index);
+        if (probe->pre_handler == nullptr) continue;
+        record->current_probe = probe;
+        record->current_point = point;
+        int result = 0;
+        copy_regs(before, regs);
+        if (!call_guarded(record, EscapeKind::Handler, [&] { result = probe->pre_handler(*probe, regs); }))
+            copy_regs(regs, before);
+        record->current_probe = nullptr;
+        record->current_point = nullptr;
+        if (result != 0) return probe;
+    }
+    return nullptr;
+}
+
 Outcome hit_probe(ThreadRecord* record, ProbePoint* point, pt_regs& regs) {
     arch::set_instruction_pointer(regs, point->address);
     // Being optimized, or un-optimized: the trampoline runs the handlers and
@@ -135,30 +167,13 @@ Outcome hit_probe(ThreadRecord* record, ProbePoint* point, pt_regs& regs) {
     }
     const HandlerList* list = point->handlers.load(std::memory_order_acquire);
 
-    // Reentrancy: a handler on this thread hit a probe.  Count it missed for
-    // every record there, as the kernel does for aggregate probes.
     if (record->current_probe != nullptr) {
-        for (ProbeRecord* probe : list->probes)
-            if (probe->enabled.load(std::memory_order_relaxed)) probe->count_miss();
+        count_misses(list);
         return execute_displaced(record, point, regs, false);
     }
-
-    for (ProbeRecord* probe : list->probes) {
-        if (!probe->enabled.load(std::memory_order_relaxed)) continue;
-        probe->count_hit(record->index);
-        if (probe->pre_handler == nullptr) continue;
-        record->current_probe = probe;
-        record->current_point = point;
-        int result = 0;
-        pt_regs before = regs;
-        if (!call_guarded(record, EscapeKind::Handler, [&] { result = probe->pre_handler(*probe, regs); }))
-            regs = before;  // abandoned: as if it returned 0 and changed nothing
-        record->current_probe = nullptr;
-        record->current_point = nullptr;
-        // Non-zero: the handler has set the registers, ip included, and the
-        // probed instruction is not executed (kernel semantics).
-        if (result != 0) return Outcome::Resume;
-    }
+    pt_regs before;
+    // A redirect: the probed instruction is not executed.
+    if (run_pre_handlers(record, point, list, regs, before) != nullptr) return Outcome::Resume;
     return execute_displaced(record, point, regs, list->has_post_handler);
 }
 
@@ -372,38 +387,22 @@ std::uint64_t optimized_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned
     } else {
         arch::complete_trampoline_regs(*regs, point->address);
         if (record->current_probe != nullptr) {
-            for (ProbeRecord* probe : list->probes)
-                if (probe->enabled.load(std::memory_order_relaxed)) probe->count_miss();
+            count_misses(list);
             return continuation;
         }
         const std::uint64_t entry_sp = regs->sp;
-        for (ProbeRecord* probe : list->probes) {
-            if (!probe->enabled.load(std::memory_order_relaxed)) continue;
-            probe->count_hit(record->index);
-            if (probe->pre_handler == nullptr) continue;
-            record->current_probe = probe;
-            record->current_point = point;
-            int result = 0;
-            // Word by word: the trampoline has just stored these fields one
-            // quadword at a time, and wider loads would stall on them.
-            pt_regs before;
-            copy_regs(before, *regs);
-            if (!call_guarded(record, EscapeKind::Handler, [&] { result = probe->pre_handler(*probe, *regs); }))
-                copy_regs(*regs, before);
-            record->current_probe = nullptr;
-            record->current_point = nullptr;
-            if (result == 0) continue;
-            // Redirect.  The trampoline's frame lies below the probed code's
-            // stack by a fixed allowance; a handler that lowered sp further
-            // cannot be honoured here (trampoline.cpp).
-            if (regs->sp + arch::handler_stack_allowance >= entry_sp) return arch::instruction_pointer(*regs);
-            probe->nfault.fetch_add(1, std::memory_order_relaxed);
-            if (!probe->fault_reported.exchange(true, std::memory_order_relaxed))
-                write_stderr("ukprobes: a pre-handler of an optimized probe lowered sp by more than the "
-                             "trampoline allows; the redirect was ignored (use UKP_NO_OPTIMIZE)\n");
-            copy_regs(*regs, before);
-            return continuation;
-        }
+        pt_regs before;
+        ProbeRecord* redirecting = run_pre_handlers(record, point, list, *regs, before);
+        if (redirecting == nullptr) return continuation;
+        // The trampoline's frame lies below the probed code's stack by a
+        // fixed allowance; a handler that lowered sp further cannot be
+        // honoured here (trampoline.cpp).
+        if (regs->sp + arch::handler_stack_allowance >= entry_sp) return arch::instruction_pointer(*regs);
+        redirecting->nfault.fetch_add(1, std::memory_order_relaxed);
+        if (!redirecting->fault_reported.exchange(true, std::memory_order_relaxed))
+            write_stderr("ukprobes: a pre-handler of an optimized probe lowered sp by more than the "
+                         "trampoline allows; the redirect was ignored (use UKP_NO_OPTIMIZE)\n");
+        copy_regs(*regs, before);
         return continuation;
     }
 }
