@@ -1,5 +1,7 @@
-// Saving and restoring the general registers into a pt_regs at [rsp], for
-// the asm of this folder's trampolines (trampoline.cpp, return_trampoline.cpp).
+// Register saves shared by this folder's trampolines (trampoline.cpp,
+// return_trampoline.cpp): the general registers into a pt_regs at [rsp],
+// and vector registers 0..last into a 64-byte-aligned area at [rsp] (one
+// 64-byte slot each), keyed on XINUSE in r12d.
 //
 // Every offset is an `offsetof` operand, never a hand-counted number: an asm
 // statement that uses UKP_ASM_GPR_MACROS must pass UKP_PT_REGS_OPERANDS (and
@@ -46,7 +48,49 @@
     "mov rdi, [rsp + %c[di]]\n"             \
     ".endm\n"
 
+// UKP_SAVE_LOW_VECTORS last / UKP_RESTORE_LOW_VECTORS last: xmm0..last
+// always (legacy SSE encoding leaves the upper bits alone), ymm when XINUSE
+// bit 2 (AVX) is set, zmm when bit 6 (ZMM_Hi256) is.  Labels 91-95 are the
+// macros' own.
+#define UKP_ASM_VECTOR_MACROS                                   \
+    ".macro UKP_VECTORS_0_TO instruction, last, reg, store\n"   \
+    ".irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n"          \
+    ".if \\i <= \\last\n"                                      \
+    ".if \\store\n"                                             \
+    "\\instruction [rsp + 64*\\i], \\reg\\i\n"                  \
+    ".else\n"                                                  \
+    "\\instruction \\reg\\i, [rsp + 64*\\i]\n"                  \
+    ".endif\n"                                                 \
+    ".endif\n"                                                 \
+    ".endr\n"                                                  \
+    ".endm\n"                                                  \
+    ".macro UKP_SAVE_LOW_VECTORS last\n"                        \
+    "UKP_VECTORS_0_TO movaps, \\last, xmm, 1\n"                 \
+    "test r12d, 0x4\n"                                         \
+    "jz 91f\n"                                                 \
+    "UKP_VECTORS_0_TO vmovdqu, \\last, ymm, 1\n"                \
+    "91: test r12d, 0x40\n"                                    \
+    "jz 92f\n"                                                 \
+    "UKP_VECTORS_0_TO vmovdqu64, \\last, zmm, 1\n"              \
+    "92:\n"                                                    \
+    ".endm\n"                                                  \
+    ".macro UKP_RESTORE_LOW_VECTORS last\n"                     \
+    "test r12d, 0x40\n"                                        \
+    "jz 93f\n"                                                 \
+    "UKP_VECTORS_0_TO vmovdqu64, \\last, zmm, 0\n"              \
+    "jmp 95f\n"                                                \
+    "93: test r12d, 0x4\n"                                     \
+    "jz 94f\n"                                                 \
+    "UKP_VECTORS_0_TO vmovdqu, \\last, ymm, 0\n"                \
+    "jmp 95f\n"                                                \
+    "94:\n"                                                    \
+    "UKP_VECTORS_0_TO movaps, \\last, xmm, 0\n"                 \
+    "95:\n"                                                    \
+    ".endm\n"
+
 #define UKP_ASM_PURGE_GPR_MACROS ".purgem UKP_SAVE_GPRS\n.purgem UKP_RESTORE_GPRS\n"
+#define UKP_ASM_PURGE_VECTOR_MACROS \
+    ".purgem UKP_VECTORS_0_TO\n.purgem UKP_SAVE_LOW_VECTORS\n.purgem UKP_RESTORE_LOW_VECTORS\n"
 
 #define UKP_PT_REGS_OPERANDS                                                                                   \
     [r15] "i"(offsetof(pt_regs, r15)), [r14] "i"(offsetof(pt_regs, r14)), [r13] "i"(offsetof(pt_regs, r13)),   \

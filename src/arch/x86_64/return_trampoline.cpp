@@ -58,6 +58,7 @@ __attribute__((used)) static void define_return_trampoline() {
         ".pushsection .text\n"
         ".intel_syntax noprefix\n"
         UKP_ASM_GPR_MACROS
+        UKP_ASM_VECTOR_MACROS
         R"(
         # A nop before the entry, so that a backtrace that looks up
         # "return address - 1" does not land in the previous function.
@@ -89,20 +90,8 @@ ukp_return_trampoline:
         mov ecx, 1
         xgetbv
 1:      mov r12d, eax
-        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
-        movaps [rsp + 64*\i], xmm\i
-        .endr
-        test r12d, 0x4
-        jz 2f
-        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
-        vmovdqu [rsp + 64*\i], ymm\i
-        .endr
-2:      test r12d, 0x40
-        jz 3f
-        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
-        vmovdqu64 [rsp + 64*\i], zmm\i
-        .endr
-3:      fnstsw ax
+        UKP_SAVE_LOW_VECTORS 15
+        fnstsw ax
         movzx r13d, ax
         and r13d, 0x3800
         jz 4f
@@ -115,23 +104,8 @@ ukp_return_trampoline:
         test r13d, r13d
         jz 5f
         frstor [rsp + %c[fnsave]]
-5:      test r12d, 0x40
-        jz 6f
-        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
-        vmovdqu64 zmm\i, [rsp + 64*\i]
-        .endr
-        jmp 8f
-6:      test r12d, 0x4
-        jz 7f
-        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
-        vmovdqu ymm\i, [rsp + 64*\i]
-        .endr
-        jmp 8f
-7:
-        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
-        movaps xmm\i, [rsp + 64*\i]
-        .endr
-8:
+5:
+        UKP_RESTORE_LOW_VECTORS 15
         mov rsp, rbx
         push qword ptr [rsp + %c[flags]]
         popfq
@@ -140,7 +114,7 @@ ukp_return_trampoline:
         lea rsp, [rsp + %c[regs_size] + 8]
         ret
         .size ukp_return_trampoline, .-ukp_return_trampoline
-        )" UKP_ASM_PURGE_GPR_MACROS
+        )" UKP_ASM_PURGE_GPR_MACROS UKP_ASM_PURGE_VECTOR_MACROS
         ".att_syntax prefix\n"
         ".popsection\n" ::UKP_PT_REGS_OPERANDS, [vector_area] "i"(vector_area), [fnsave] "i"(fnsave_offset));
 }

@@ -59,6 +59,7 @@ __attribute__((used)) static void define_trampoline_bodies() {
         ".pushsection .text\n"
         ".intel_syntax noprefix\n"
         UKP_ASM_GPR_MACROS
+        UKP_ASM_VECTOR_MACROS
         R"(
 
         # UKP_BODY name, last_low_vector (7 at entry, 15 elsewhere),
@@ -97,27 +98,7 @@ __attribute__((used)) static void define_trampoline_bodies() {
         xgetbv
         mov r12d, eax
 
-        # xmm (legacy SSE encoding: leaves upper bits alone)
-        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
-        .if \i <= \last
-        movaps [rsp + 64*\i], xmm\i
-        .endif
-        .endr
-        test r12d, 0x4
-        jz 1f
-        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
-        .if \i <= \last
-        vmovdqu [rsp + 64*\i], ymm\i
-        .endif
-        .endr
-1:      test r12d, 0x40
-        jz 2f
-        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
-        .if \i <= \last
-        vmovdqu64 [rsp + 64*\i], zmm\i
-        .endif
-        .endr
-2:
+        UKP_SAVE_LOW_VECTORS \last
         .if \wide
         test r12d, 0x20
         jz 3f
@@ -162,29 +143,7 @@ __attribute__((used)) static void define_trampoline_bodies() {
         .endr
 6:
         .endif
-        test r12d, 0x40
-        jz 7f
-        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
-        .if \i <= \last
-        vmovdqu64 zmm\i, [rsp + 64*\i]
-        .endif
-        .endr
-        jmp 9f
-7:      test r12d, 0x4
-        jz 8f
-        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
-        .if \i <= \last
-        vmovdqu ymm\i, [rsp + 64*\i]
-        .endif
-        .endr
-        jmp 9f
-8:
-        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
-        .if \i <= \last
-        movaps xmm\i, [rsp + 64*\i]
-        .endif
-        .endr
-9:
+        UKP_RESTORE_LOW_VECTORS \last
         # Continue at rax with rsp = regs.sp (see the essay above).
         mov rcx, [rbx + %c[sp]]
         sub rcx, 136
@@ -212,7 +171,7 @@ ukp_trampoline_bodies_start:
         .hidden ukp_trampoline_bodies_end
 ukp_trampoline_bodies_end:
         .purgem UKP_BODY
-        )" UKP_ASM_PURGE_GPR_MACROS
+        )" UKP_ASM_PURGE_GPR_MACROS UKP_ASM_PURGE_VECTOR_MACROS
         ".att_syntax prefix\n"
         ".popsection\n" ::UKP_PT_REGS_OPERANDS, [gap] "i"(gap), [vector_area] "i"(vector_area));
 }
