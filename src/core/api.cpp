@@ -175,7 +175,9 @@ UKP_API Result<std::vector<FunctionSymbol>> find_functions(std::string_view modu
 UKP_API bool probed_vector_register(unsigned index, void* out) noexcept {
     const core::ThreadRecord* record = core::this_thread_record_if_any();
     if (record == nullptr || record->vectors == nullptr || index >= record->vector_count) return false;
-    std::memcpy(out, record->vectors + static_cast<std::size_t>(index) * record->vector_stride, 16);
+    // Called from handlers: a fixed-size builtin copy, not a call into libc
+    // (whose memcpy a user may be probing).
+    __builtin_memcpy(out, record->vectors + static_cast<std::size_t>(index) * record->vector_stride, 16);
     return true;
 }
 
