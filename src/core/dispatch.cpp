@@ -95,15 +95,13 @@ bool guarded_write(std::uint64_t address, const void* in, std::size_t size, void
     });
 }
 
-void run_post_handlers(ThreadRecord* record, ProbePoint* point, const HandlerList* list, pt_regs& regs) {
+void run_post_handlers(ThreadRecord* record, const HandlerList* list, pt_regs& regs) {
     for (ProbeRecord* probe : list->probes) {
         if (probe->post_handler == nullptr || !probe->enabled.load(std::memory_order_relaxed)) continue;
         record->current_probe = probe;
-        record->current_point = point;
         call_guarded(record, EscapeKind::Handler, [&] { probe->post_handler(*probe, regs, 0); });
     }
     record->current_probe = nullptr;
-    record->current_point = nullptr;
 }
 
 enum class Outcome : std::uint8_t { Resume, ResumeAndReportStep };
@@ -114,7 +112,7 @@ Outcome execute_displaced(ThreadRecord* record, ProbePoint* point, pt_regs& regs
     if (arch::is_emulated(point->insn)) {
         arch::Memory memory{guarded_read, guarded_write, record};
         if (arch::emulate(point->insn, regs, memory)) {
-            if (post_trap_wanted) run_post_handlers(record, point, point->handlers.load(std::memory_order_acquire), regs);
+            if (post_trap_wanted) run_post_handlers(record, point->handlers.load(std::memory_order_acquire), regs);
             return arch::is_single_stepping(regs) ? Outcome::ResumeAndReportStep : Outcome::Resume;
         }
         // The access would fault: run the copy, which faults as the program's.
@@ -138,20 +136,17 @@ void count_misses(const HandlerList* list) {
 // non-zero, which stops the walk (kernel semantics: it has set the
 // registers, ip included), with `before` holding the registers as they were
 // before that handler ran; nullptr when every handler returned 0.
-ProbeRecord* run_pre_handlers(ThreadRecord* record, ProbePoint* point, const HandlerList* list, pt_regs& regs,
-                              pt_regs& before) {
+ProbeRecord* run_pre_handlers(ThreadRecord* record, const HandlerList* list, pt_regs& regs, pt_regs& before) {
     for (ProbeRecord* probe : list->probes) {
         if (!probe->enabled.load(std::memory_order_relaxed)) continue;
         probe->count_hit(record->index);
         if (probe->pre_handler == nullptr) continue;
         record->current_probe = probe;
-        record->current_point = point;
         int result = 0;
         copy_regs(before, regs);
         if (!call_guarded(record, EscapeKind::Handler, [&] { result = probe->pre_handler(*probe, regs); }))
             copy_regs(regs, before);
         record->current_probe = nullptr;
-        record->current_point = nullptr;
         if (result != 0) return probe;
     }
     return nullptr;
@@ -173,14 +168,14 @@ Outcome hit_probe(ThreadRecord* record, ProbePoint* point, pt_regs& regs) {
     }
     pt_regs before;
     // A redirect: the probed instruction is not executed.
-    if (run_pre_handlers(record, point, list, regs, before) != nullptr) return Outcome::Resume;
+    if (run_pre_handlers(record, list, regs, before) != nullptr) return Outcome::Resume;
     return execute_displaced(record, point, regs, list->has_post_handler);
 }
 
 Outcome hit_post_breakpoint(ThreadRecord* record, ProbePoint* point, pt_regs& regs) {
     arch::set_instruction_pointer(regs, point->address + arch::insn_length(point->insn));
     if (record->current_probe == nullptr)
-        run_post_handlers(record, point, point->handlers.load(std::memory_order_acquire), regs);
+        run_post_handlers(record, point->handlers.load(std::memory_order_acquire), regs);
     return arch::is_single_stepping(regs) ? Outcome::ResumeAndReportStep : Outcome::Resume;
 }
 
@@ -382,7 +377,7 @@ std::uint64_t optimized_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned
     if constexpr (Post) {
         // The first displaced instruction is the probed one.
         arch::complete_trampoline_regs(*regs, point->address + arch::insn_length(point->insn));
-        if (record->current_probe == nullptr) run_post_handlers(record, point, list, *regs);
+        if (record->current_probe == nullptr) run_post_handlers(record, list, *regs);
         return continuation;
     } else {
         arch::complete_trampoline_regs(*regs, point->address);
@@ -392,7 +387,7 @@ std::uint64_t optimized_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned
         }
         const std::uint64_t entry_sp = regs->sp;
         pt_regs before;
-        ProbeRecord* redirecting = run_pre_handlers(record, point, list, *regs, before);
+        ProbeRecord* redirecting = run_pre_handlers(record, list, *regs, before);
         if (redirecting == nullptr) return continuation;
         // The trampoline's frame lies below the probed code's stack by a
         // fixed allowance; a handler that lowered sp further cannot be

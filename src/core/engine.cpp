@@ -559,8 +559,7 @@ std::vector<ProbeListing> Engine::list() {
                                : list->has_post_handler                                 ? "boosted+post-trap"
                                                                                         : "boosted";
             listing.push_back({point->address, record->where, kind, point->not_optimized, arch::describe_insn(point->insn),
-                               record->enabled.load(), point->armed, record->nhit(), record->nmissed.load(),
-                               record->nfault.load(), record->front_end});
+                               record->enabled.load(), record->nhit(), record->nmissed.load(), record->nfault.load()});
         }
     });
     std::sort(listing.begin(), listing.end(), [](const auto& a, const auto& b) { return a.address < b.address; });

@@ -46,9 +46,7 @@ struct ProbeListing {
     std::string not_optimized;  // why it is not optimized, empty when it is
     std::string instruction;  // disassembly of the probed instruction
     bool enabled;
-    bool armed;
     std::uint64_t nhit, nmissed, nfault;
-    const void* front_end;
 };
 
 // A ring of addresses disarmed recently: a thread that trapped on one of

@@ -88,12 +88,11 @@ ProbeRecord return_path_marker;
 class ReturnPathScope {
 public:
     explicit ReturnPathScope(ThreadRecord* record) noexcept
-        : scope_(record), record_(record), saved_probe_(record->current_probe), saved_point_(record->current_point) {
+        : scope_(record), record_(record), saved_probe_(record->current_probe) {
         record_->current_probe = &return_path_marker;
     }
     ~ReturnPathScope() {
         record_->current_probe = saved_probe_;
-        record_->current_point = saved_point_;
     }
     ReturnPathScope(const ReturnPathScope&) = delete;
     ReturnPathScope& operator=(const ReturnPathScope&) = delete;
@@ -102,7 +101,6 @@ private:
     DispatchScope scope_;  // declared first: left last
     ThreadRecord* record_;
     ProbeRecord* saved_probe_;
-    ProbePoint* saved_point_;
 };
 
 // Pops the top instance for good.  `pending` is the last access to the

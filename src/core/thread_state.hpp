@@ -90,7 +90,6 @@ struct ThreadRecord {
 
     // The probe whose handler runs now on this thread (kernel: current_kprobe).
     ProbeRecord* current_probe = nullptr;
-    ProbePoint* current_point = nullptr;
     // Where a faulting handler is abandoned to (see dispatch.cpp).
     void* handler_escape[5] = {};
     bool handler_escape_armed = false;

@@ -31,7 +31,6 @@ Result<std::uint64_t> SlotAllocator::allocate(std::uint64_t near_start, std::uin
             continue;
         std::uint32_t index = area->free_slots.back();
         area->free_slots.pop_back();
-        ++in_use_;
         return area->base + index * arch::slot_size;
     }
     if (count == max_areas) return make_error(Errc::NoMemory, "all out-of-line slot areas are in use");
@@ -47,7 +46,6 @@ Result<std::uint64_t> SlotAllocator::allocate(std::uint64_t near_start, std::uin
     for (std::size_t i = area->slot_count; i-- > 1;) area->free_slots.push_back(static_cast<std::uint32_t>(i));
     areas_[count].store(area.release(), std::memory_order_release);
     area_count_.store(count + 1, std::memory_order_release);
-    ++in_use_;
     return *base;  // slot 0
 }
 
@@ -57,7 +55,6 @@ void SlotAllocator::release(std::uint64_t slot) noexcept {
     std::size_t index = (slot - area->base) / arch::slot_size;
     area->owners[index].store(nullptr, std::memory_order_release);
     area->free_slots.push_back(static_cast<std::uint32_t>(index));
-    --in_use_;
 }
 
 void SlotAllocator::set_owner(std::uint64_t slot, ProbePoint* owner) noexcept {
@@ -83,6 +80,5 @@ ProbePoint* SlotAllocator::owner_of(std::uint64_t pc, std::uint64_t* slot) const
     return area->owners[index].load(std::memory_order_acquire);
 }
 
-std::size_t SlotAllocator::slots_in_use() const noexcept { return in_use_; }
 
 }  // namespace ukp::core

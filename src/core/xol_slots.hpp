@@ -36,8 +36,6 @@ public:
     // start; nullptr when `pc` is in no slot.
     [[nodiscard]] ProbePoint* owner_of(std::uint64_t pc, std::uint64_t* slot) const noexcept;
 
-    [[nodiscard]] std::size_t slots_in_use() const noexcept;
-
 private:
     static constexpr std::size_t max_areas = 4096;
     struct Area {
@@ -48,7 +46,6 @@ private:
     };
     std::atomic<Area*> areas_[max_areas] = {};
     std::atomic<std::size_t> area_count_{0};
-    std::size_t in_use_ = 0;
 
     [[nodiscard]] Area* area_of(std::uint64_t pc) const noexcept;
 };

@@ -53,13 +53,11 @@ struct OptimizedRegion {
 [[nodiscard]] inline std::uint64_t instruction_pointer(const pt_regs& regs) noexcept { return regs.ip; }
 inline void set_instruction_pointer(pt_regs& regs, std::uint64_t address) noexcept { regs.ip = address; }
 
-[[nodiscard]] inline std::uint64_t trampoline_entry(std::uint64_t stub) noexcept {
-    return stub + x86::stub_data_length;
-}
+[[nodiscard]] inline std::uint64_t trampoline_entry(std::uint64_t stub) noexcept { return x86::stub_entry(stub); }
 // The body passes the return address its call pushed in orig_ax: the data
 // word precedes the call sequence, the relocated region follows it.
 [[nodiscard]] inline std::uint64_t trampoline_data_address(const pt_regs& regs) noexcept {
-    return regs.orig_ax - x86::stub_call_sequence;
+    return x86::stub_data_address(regs.orig_ax);
 }
 [[nodiscard]] inline std::uint64_t trampoline_continuation(const pt_regs& regs) noexcept { return regs.orig_ax; }
 inline void complete_trampoline_regs(pt_regs& regs, std::uint64_t ip) noexcept {

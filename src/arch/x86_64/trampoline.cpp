@@ -218,9 +218,6 @@ void emit_body_call(std::span<std::uint8_t> out, std::size_t at, std::size_t poi
 
 }  // namespace
 
-std::uint64_t stub_entry(std::uint64_t stub_address) noexcept { return stub_address + stub_data_length; }
-
-std::uint64_t stub_data_address(std::uint64_t return_address) noexcept { return return_address - stub_call_sequence; }
 
 Result<std::size_t> build_stub(const DisplacedRegion& region, std::uint64_t stub_address, const void* point,
                                BodyKind pre_body, bool post_after_first, std::span<std::uint8_t> out,

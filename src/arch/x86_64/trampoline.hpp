@@ -74,9 +74,13 @@ struct StubLayout;
                                              std::span<std::uint8_t> out, StubLayout* layout);
 
 // Where a thread enters a stub (after its first data word).
-[[nodiscard]] std::uint64_t stub_entry(std::uint64_t stub_address) noexcept;
+[[nodiscard]] inline std::uint64_t stub_entry(std::uint64_t stub_address) noexcept {
+    return stub_address + stub_data_length;
+}
 // The data word naming the point, given the return address a body got.
-[[nodiscard]] std::uint64_t stub_data_address(std::uint64_t return_address) noexcept;
+[[nodiscard]] inline std::uint64_t stub_data_address(std::uint64_t return_address) noexcept {
+    return return_address - stub_call_sequence;
+}
 
 // The 5 bytes that replace the DCR's first bytes: jmp rel32 -> stub entry.
 [[nodiscard]] Result<std::array<std::uint8_t, optimized_jump_length>> jump_to_stub(std::uint64_t probe_address,
