@@ -73,6 +73,12 @@ int disable_kprobe(struct kprobe *kp);
 unsigned long kprobe_nhit(const struct kprobe *p);
 /* Why the last call of this thread failed: "symbol 'foo' not found ..." */
 const char *ukprobes_last_error(void);
+/* Reads of memory that may not be mapped, safe in handlers (the kernel's
+ * names and return values).  0, or -EFAULT when any byte was unreadable. */
+long copy_from_user_nofault(void *dst, const void *src, size_t size);
+/* Copies a string and terminates it: its length including the NUL, `count`
+ * when it was truncated to count - 1 bytes, -EFAULT on a bad address. */
+long strncpy_from_user_nofault(char *dst, const void *unsafe_addr, long count);
 /* Never probe [start, end) (NOKPROBE_SYMBOL for ranges). */
 void ukprobes_blacklist_range(unsigned long start, unsigned long end);
 /* Never probe the whole function that holds `address` (its ELF symbol's size

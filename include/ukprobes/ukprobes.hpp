@@ -137,6 +137,19 @@ struct FunctionSymbol {
 // arguments.
 [[nodiscard]] bool probed_vector_register(unsigned index, void* out) noexcept;
 
+// Reads memory that may not be there, without faulting: a bad address
+// makes the read fail instead of killing the program (the kernel's
+// copy_from_user_nofault).  Safe in handlers; a successful read costs the
+// loads only.  The first call outside a handler installs ukprobes' fault
+// handlers if no probe has yet.
+// Copies `size` bytes; false (with `out` partly written) when any of them
+// could not be read.
+[[nodiscard]] bool read_memory(void* out, const void* address, std::size_t size) noexcept;
+// Copies a NUL-terminated string into out[0..size) and always terminates it;
+// returns its length (truncated to size - 1), or -1 when `address` could
+// not be read (out then holds what was read before the fault, terminated).
+[[nodiscard]] long read_string(char* out, const void* address, std::size_t size) noexcept;
+
 // Code that must never be probed, in addition to ukprobes' own code and the
 // signal return trampoline (the kernel's NOKPROBE_SYMBOL).
 void blacklist_range(std::uint64_t start, std::uint64_t end);

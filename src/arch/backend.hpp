@@ -147,6 +147,19 @@ struct VectorView {
 };
 [[nodiscard]] VectorView vector_registers_of(const void* ucontext) noexcept;
 
+// --- Reads that may fault (src/arch/x86_64/safe_copy.cpp) ---
+
+// Copies `size` bytes; returns how many were NOT copied (0: all were).
+[[nodiscard]] std::size_t copy_nofault(void* destination, const void* source, std::size_t size) noexcept;
+// Copies a NUL-terminated string of at most `size` bytes including the NUL:
+// its length when the NUL was within them, `size` when not; on a fault
+// ~N (negative), N being the bytes copied before it.
+[[nodiscard]] long string_copy_nofault(char* destination, const void* source, std::size_t size) noexcept;
+// For the fault handler: where a thread that faulted at `pc` inside one of
+// those copies resumes, or 0 when `pc` is not in them.
+[[nodiscard]] std::uint64_t nofault_fixup(std::uint64_t pc) noexcept;
+void set_ucontext_instruction_pointer(void* ucontext, std::uint64_t address) noexcept;
+
 // --- Return probes (src/arch/x86_64/return_trampoline.cpp) ---
 
 // The address a hijacked return goes to.

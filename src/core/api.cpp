@@ -3,6 +3,7 @@
 
 #include <cstring>
 
+#include "arch/backend.hpp"
 #include "core/engine.hpp"
 #include "core/thread_state.hpp"
 #include "ukprobes/ukprobes.hpp"
@@ -179,6 +180,38 @@ UKP_API bool probed_vector_register(unsigned index, void* out) noexcept {
     // (whose memcpy a user may be probing).
     __builtin_memcpy(out, record->vectors + static_cast<std::size_t>(index) * record->vector_stride, 16);
     return true;
+}
+
+namespace {
+bool fault_handlers_ready() noexcept {
+    auto& engine = core::Engine::instance();
+    if (engine.ready.load(std::memory_order_acquire)) return true;
+    return static_cast<bool>(engine.initialize());
+}
+}  // namespace
+
+UKP_API bool read_memory(void* out, const void* address, std::size_t size) noexcept {
+    if (!fault_handlers_ready()) return false;
+    return arch::copy_nofault(out, address, size) == 0;
+}
+
+UKP_API long read_string(char* out, const void* address, std::size_t size) noexcept {
+    if (size == 0) return -1;
+    if (!fault_handlers_ready()) {
+        out[0] = '\0';
+        return -1;
+    }
+    long length = arch::string_copy_nofault(out, address, size);
+    if (length < 0) {
+        std::size_t copied = static_cast<std::size_t>(~length);
+        out[copied < size ? copied : size - 1] = '\0';
+        return -1;
+    }
+    if (static_cast<std::size_t>(length) == size) {
+        out[size - 1] = '\0';
+        return static_cast<long>(size - 1);
+    }
+    return length;
 }
 
 UKP_API void blacklist_range(std::uint64_t start, std::uint64_t end) {

@@ -5,6 +5,7 @@
 
 #include "core/engine.hpp"
 #include "ukprobes/kprobes.h"
+#include "ukprobes/ukprobes.hpp"
 
 #define UKP_API __attribute__((visibility("default")))
 
@@ -111,6 +112,19 @@ UKP_API unsigned long kprobe_nhit(const struct kprobe* probe) {
 }
 
 UKP_API const char* ukprobes_last_error(void) { return last_error.c_str(); }
+
+UKP_API long copy_from_user_nofault(void* dst, const void* src, size_t size) {
+    return ukp::read_memory(dst, src, size) ? 0 : -EFAULT;
+}
+
+UKP_API long strncpy_from_user_nofault(char* dst, const void* unsafe_addr, long count) {
+    if (count <= 0) return 0;
+    long length = ukp::read_string(dst, unsafe_addr, static_cast<std::size_t>(count));
+    if (length < 0) return -EFAULT;
+    // A string cut to count - 1 bytes and one of exactly that length both
+    // give count, as in the kernel.
+    return length + 1;
+}
 
 UKP_API void ukprobes_blacklist_range(unsigned long start, unsigned long end) {
     core::Engine::instance().add_blacklist_range(start, end);

@@ -283,6 +283,12 @@ void on_trap_signal(int signal, siginfo_t* info, void* context) {
 }
 
 void on_fault_signal(int signal, siginfo_t* info, void* context) {
+    // A read that was allowed to fail (copy_from_user_nofault): first, since
+    // threads with no record and handlers with a fault_handler use it too.
+    if (std::uint64_t fixup = arch::nofault_fixup(arch::ucontext_instruction_pointer(context)); fixup != 0) {
+        arch::set_ucontext_instruction_pointer(context, fixup);
+        return;
+    }
     ThreadRecord* record = this_thread_record_if_any();
     if (record == nullptr) {  // never trapped: cannot be ours
         os::deliver_to_program(signal, info, context, true);

@@ -179,6 +179,7 @@ Result<void> Engine::initialize_locked() {
     }
     pthread_atfork(lock_registry_for_fork, unlock_registry_in_parent, unlock_registry_in_child);
     initialized_ = true;
+    ready.store(true, std::memory_order_release);
     return {};
 }
 
@@ -498,6 +499,11 @@ std::size_t Engine::reclaim_locked() {
 bool Engine::is_own_code(std::uint64_t pc) const {
     return std::any_of(own_code_.begin(), own_code_.end(),
                        [&](const auto& range) { return pc >= range.first && pc < range.second; });
+}
+
+Result<void> Engine::initialize() {
+    std::lock_guard lock(lock_);
+    return initialize_locked();
 }
 
 std::size_t Engine::reclaim() {

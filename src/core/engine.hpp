@@ -81,6 +81,10 @@ public:
     // (NOKPROBE_SYMBOL runs before modules' symbols are worth reading).
     void add_blacklist_function(std::uint64_t address);
     [[nodiscard]] bool is_blacklisted(std::uint64_t address, std::size_t length);
+    // Installs the signal handlers and reads the process's modules, once;
+    // registration does it too.  Set once it succeeded (read without the lock).
+    [[nodiscard]] Result<void> initialize();
+    std::atomic<bool> ready{false};
     // Frees what earlier unregistrations left for later; returns how many
     // slots are still waiting for threads to leave them.
     std::size_t reclaim();

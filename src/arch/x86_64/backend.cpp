@@ -130,6 +130,10 @@ std::uint64_t ucontext_instruction_pointer(const void* ucontext) noexcept {
     return static_cast<std::uint64_t>(static_cast<const ucontext_t*>(ucontext)->uc_mcontext.gregs[REG_RIP]);
 }
 
+void set_ucontext_instruction_pointer(void* ucontext, std::uint64_t address) noexcept {
+    static_cast<ucontext_t*>(ucontext)->uc_mcontext.gregs[REG_RIP] = static_cast<greg_t>(address);
+}
+
 VectorView vector_registers_of(const void* ucontext) noexcept {
     const auto* fpregs = static_cast<const ucontext_t*>(ucontext)->uc_mcontext.fpregs;
     if (fpregs == nullptr) return {};
