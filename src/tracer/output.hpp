@@ -198,12 +198,13 @@ struct HistogramPrintOptions {
 // bpftrace's hist() rendering, over the non-empty range only:
 //
 //   @latency_ns[malloc]:
-//   [0]                    3 |@@@@@@@@@                                           |
+//   [0]                    3 |@@@@@@@@@@@@@@@@@@@@@@@@@@                          |
 //   [1]                    0 |                                                    |
-//   [2, 4)                17 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|
-//   [1K, 2K)               1 |@@@                                                 |
-//   count 21, min 0ns, avg 13ns, max 1500ns
+//   [2, 4)                 6 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|
+//   [4, 8)                 1 |@@@@@@@@                                            |
+//   count 10, min 0ns, avg 2ns, max 5ns
 //
+// Empty buckets between the first and last non-empty ones are printed.
 // Label left-aligned in 16 columns, count right-aligned in 8, bar of
 // floor(52 * count / fullest) '@' in 52 columns.  Labels use K, M, G, T, P, E
 // for powers of 1024; the top bucket is [8E, 16E).  No title line when
