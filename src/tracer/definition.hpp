@@ -16,6 +16,22 @@
 //
 // Errors carry the kernel's message (trace_probe.h's ERRORS list) and the
 // byte position the kernel's error_log would put its caret under.
+//
+// Where ukprobe departs from the kernel (each one listed with its test in
+// tests/unit/tracer_definition/golden.txt):
+//  - A \"string\" immediate may hold spaces and ':' (the kernel's cannot).
+//  - %REG also takes the 64-bit names rax rbx rcx rdx rsi rdi rbp rsp rip
+//    and eflags/rflags, as aliases of the pt_regs names.
+//  - @SYM and the symbol/symstr types work in every probe (the kernel has
+//    no user symbols for uprobes); @+OFFS needs a PLACE that names a file.
+//  - $argN (System V ABI) works at a function's entry and, as its value at
+//    entry, in return probes; a bare name or $arg* (BTF) is refused.
+//  - $stackN is not bounded by a kernel stack size.
+//  - A glob SYM cannot have an explicit EVENT (one event per match): give
+//    only GRP/ and derive each match's name with derive_event_name().
+//  - Checks that need the file system, the symbol table or other probes
+//    (a missing file or symbol, an instruction boundary, a duplicate
+//    event) belong to the tracer, after parsing.
 #pragma once
 
 #include <cstddef>
@@ -54,6 +70,9 @@ struct Place {
     std::uint64_t offset = 0;    // Symbol: +offs.  FileOffset: the file offset.
     std::uint64_t address = 0;   // Address form
     std::size_t position = 0;    // where PLACE starts in the command (for later errors)
+    // FileOffset: PATH:OFFSET(REF_CTR_OFFSET), the file offset of an SDT
+    // semaphore to increment while the probe is armed.
+    std::optional<std::uint64_t> reference_counter_offset;
 };
 
 // Where a fetch arg's value starts.
@@ -68,9 +87,18 @@ enum class FetchRoot {
     Comm,             // $comm: the thread's name
     Immediate,        // \IMM: address holds the value
     StringImmediate,  // \"string": string_value
+    FileOffset,       // @+OFFS: memory at file offset `address` of the PLACE's file, where it is mapped
 };
 
 // +|-[u]OFFS(...): read at (inner value + offset).
+//
+// Memory, Symbol and FileOffset roots already read memory: their value is
+// what is stored at the address.  For the string and ustring types the last
+// read is not done: the string starts at the address it would have read
+// from (+0(%di):string is the string at %di, @ADDR:string the string at
+// ADDR); \IMM:string is the string at IMM.  With an array (string[N]) that
+// last read is done and yields N pointers, one string each.  symstr keeps
+// every read: it names the symbol at the final value.
 struct Dereference {
     std::int64_t offset = 0;
     bool user = false;  // the 'u' prefix; in user space every address is a user address
@@ -118,7 +146,9 @@ struct FetchArg {
 class Filter {
 public:
     // A fetched field as the hit path has it: a number (already sign- or
-    // zero-extended per its type) or a string.
+    // zero-extended per its type) or a string.  Fields of the string types
+    // and char arrays are strings; a predicate on a missing field or one of
+    // the other kind (e.g. a string that faulted) does not hold.
     struct Value {
         std::uint64_t number = 0;
         std::string_view string{};
@@ -156,7 +186,12 @@ struct Definition {
 
 [[nodiscard]] std::expected<Definition, DefinitionError> parse_definition(std::string_view command);
 
-// The register names %REG accepts, in pt_regs order: index i names the i-th
+// The event name the kernel would give a definition without one (see
+// definition.cpp).  For a glob place, call it once per matched symbol with
+// `symbol` set to the match and `glob` cleared.
+[[nodiscard]] std::string derive_event_name(ProbeType type, const Place& place);
+
+// The register names %REG accepts (besides the aliases above), in pt_regs order: index i names the i-th
 // unsigned long of struct pt_regs (include/ukprobes/pt_regs.h), so a value
 // is reinterpret_cast<const unsigned long*>(&regs)[index].
 [[nodiscard]] std::span<const std::string_view> register_names();
