@@ -2,6 +2,8 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <string_view>
+
 #include "tracer/cli/commands.hpp"
 
 int main(int argc, char** argv) {
@@ -25,7 +27,7 @@ int main(int argc, char** argv) {
     run_command->add_option("--string-size", run_options.string_size, "bytes kept of each fetched string")
         ->check(CLI::Range(2u, 65535u));
     run_command->add_flag("-q,--quiet", run_options.quiet, "no summary at exit");
-    run_command->add_option("command", run_options.command, "the program and its arguments (after --)")->required();
+    run_command->add_option("command", run_options.command, "the program and its arguments (after --)");
 
     CheckOptions check_options;
     auto* check_command = app.add_subcommand("check", "validate definitions (against a binary and its libraries with -x)");
@@ -41,12 +43,27 @@ int main(int argc, char** argv) {
     list_command->add_option("-p,--pid", list_options.pid, "a running process");
     list_command->add_flag("--probes", list_options.probes, "the probes of the ukprobe trace running in -p PID");
 
+    // Everything after the first "--" is the program's, taken before CLI11
+    // sees it: its own options ("bash -c ...") must never be ours.
+    int ours = argc;
+    for (int i = 1; i < argc; ++i)
+        if (std::string_view(argv[i]) == "--") {
+            ours = i;
+            break;
+        }
     try {
-        app.parse(argc, argv);
+        app.parse(ours, argv);
     } catch (const CLI::ParseError& error) {
         return app.exit(error);
     }
-    if (*run_command) return run(run_options);
+    if (*run_command) {
+        for (int i = ours + 1; i < argc; ++i) run_options.command.emplace_back(argv[i]);
+        if (run_options.command.empty()) {
+            fmt::print(stderr, "ukprobe: error: no program to run: ukprobe run -e DEF -- PROGRAM [ARGS]\n");
+            return 2;
+        }
+        return run(run_options);
+    }
     if (*check_command) return check(check_options);
     return list(list_options);
 }
