@@ -28,6 +28,7 @@
 //    We turn every non-identifier byte into '_' (user symbols may hold
 //    '@', '$', or glob characters), and name addresses "p_0xADDR" where
 //    the kernel prints a hashed pointer.
+#include <exception>
 #include <string>
 
 #include "tracer/definition/internal.hpp"
@@ -459,8 +460,9 @@ std::string derive_event_name(ProbeType type, const Place& place) {
 }
 
 std::expected<Definition, DefinitionError> parse_definition(std::string_view command) {
-    // Nothing below throws but std::bad_alloc; a parser that may run in the
-    // traced program reports even that as a value.
+    // Nothing below throws but std::bad_alloc (std::length_error at worst);
+    // a parser that may run in the traced program reports even those as
+    // values.
     try {
         auto definition = parse(command);
         if (definition) {
@@ -469,7 +471,7 @@ std::expected<Definition, DefinitionError> parse_definition(std::string_view com
         const ErrorAt error = definition.error();
         return std::unexpected(
             DefinitionError{std::string(detail::message_of(error.code)), error.position, std::string(command)});
-    } catch (const std::bad_alloc&) {
+    } catch (const std::exception&) {
         return std::unexpected(DefinitionError{"Out of memory", 0, std::string{}});
     }
 }

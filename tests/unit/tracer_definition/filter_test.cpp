@@ -30,7 +30,7 @@ bool matches(const Definition& definition, std::vector<Value> values) {
     return definition.filter && definition.filter->matches(values);
 }
 
-TEST(Filter, NumericComparisonsUnsigned) {
+TEST(DefinitionFilter, NumericComparisonsUnsigned) {
     const auto d = with_filter("p f a=%di if a > 10");
     EXPECT_TRUE(matches(d, {number(11)}));
     EXPECT_FALSE(matches(d, {number(10)}));
@@ -45,14 +45,14 @@ TEST(Filter, NumericComparisonsUnsigned) {
     EXPECT_FALSE(matches(ops, {number(8)}));
 }
 
-TEST(Filter, SignedFieldsCompareSigned) {
+TEST(DefinitionFilter, SignedFieldsCompareSigned) {
     const auto d = with_filter("p f a=%di:s32 if a < -1");
     EXPECT_TRUE(matches(d, {number(static_cast<std::uint64_t>(-2))}));
     EXPECT_FALSE(matches(d, {number(static_cast<std::uint64_t>(-1))}));
     EXPECT_FALSE(matches(d, {number(5)}));
 }
 
-TEST(Filter, ConstantsAreCutToTheFieldWidth) {
+TEST(DefinitionFilter, ConstantsAreCutToTheFieldWidth) {
     // The kernel casts the constant to the field's type: 0x101 as a u8 is 1.
     const auto d = with_filter("p f a=+0(%di):u8 if a == 0x101");
     EXPECT_TRUE(matches(d, {number(1)}));
@@ -61,14 +61,14 @@ TEST(Filter, ConstantsAreCutToTheFieldWidth) {
     EXPECT_TRUE(matches(s, {number(~std::uint64_t{0})}));
 }
 
-TEST(Filter, AndBindsTighterThanOr) {
+TEST(DefinitionFilter, AndBindsTighterThanOr) {
     const auto d = with_filter("p f a=%di b=%si if a == 1 || a == 2 && b == 3");
     EXPECT_TRUE(matches(d, {number(1), number(0)}));
     EXPECT_FALSE(matches(d, {number(2), number(0)}));
     EXPECT_TRUE(matches(d, {number(2), number(3)}));
 }
 
-TEST(Filter, ParenthesesAndNot) {
+TEST(DefinitionFilter, ParenthesesAndNot) {
     const auto d = with_filter("p f a=%di b=%si if !(a == 1 || b == 1) && !b == 2");
     EXPECT_TRUE(matches(d, {number(0), number(0)}));
     EXPECT_FALSE(matches(d, {number(1), number(0)}));
@@ -79,7 +79,7 @@ TEST(Filter, ParenthesesAndNot) {
     EXPECT_FALSE(matches(twice, {number(2)}));
 }
 
-TEST(Filter, DeMorganAgreesOnEveryInput) {
+TEST(DefinitionFilter, DeMorganAgreesOnEveryInput) {
     const auto left = with_filter("p f a=%di b=%si c=%dx if !(a == 1 && (b == 1 || !(c == 1)))");
     const auto right = with_filter("p f a=%di b=%si c=%dx if a != 1 || b != 1 && c == 1");
     for (int bits = 0; bits < 8; ++bits) {
@@ -88,7 +88,7 @@ TEST(Filter, DeMorganAgreesOnEveryInput) {
     }
 }
 
-TEST(Filter, StringsEqualAndGlob) {
+TEST(DefinitionFilter, StringsEqualAndGlob) {
     const auto d = with_filter("p f c=$comm if c == \"bash\" || c ~ \"py*[0-9]\"");
     EXPECT_TRUE(matches(d, {text("bash")}));
     EXPECT_FALSE(matches(d, {text("bas")}));
@@ -99,7 +99,7 @@ TEST(Filter, StringsEqualAndGlob) {
     EXPECT_FALSE(matches(not_equal, {text("sh")}));
 }
 
-TEST(Filter, GlobForms) {
+TEST(DefinitionFilter, GlobForms) {
     const auto d = with_filter("p f s=+0(%di):string if s ~ \"lib?[!x-z].so\"");
     EXPECT_TRUE(matches(d, {text("libcc.so")}));
     EXPECT_FALSE(matches(d, {text("libcx.so")}));
@@ -116,30 +116,30 @@ TEST(Filter, GlobForms) {
     EXPECT_TRUE(matches(star_only, {text("")}));
 }
 
-TEST(Filter, CharArraysAreStrings) {
+TEST(DefinitionFilter, CharArraysAreStrings) {
     const auto d = with_filter("p f m=+0(%di):char[4] if m == \"GET\"");
     EXPECT_TRUE(matches(d, {text("GET")}));
 }
 
-TEST(Filter, MissingOrMismatchedFieldsFailTheirPredicate) {
+TEST(DefinitionFilter, MissingOrMismatchedFieldsFailTheirPredicate) {
     const auto d = with_filter("p f a=%di s=+0(%di):string if a == 1 || s == \"x\"");
     EXPECT_FALSE(matches(d, {}));
     EXPECT_FALSE(matches(d, {text("1"), number(0)}));
     EXPECT_TRUE(matches(d, {number(0), text("x")}));
 }
 
-TEST(Filter, FieldsUsedAreSortedAndUnique) {
+TEST(DefinitionFilter, FieldsUsedAreSortedAndUnique) {
     const auto d = with_filter("p f a=%di b=%si c=%dx if c == 1 || a == 2 || c == 3");
     EXPECT_EQ(d.filter->fields_used(), (std::vector<unsigned>{0, 2}));
 }
 
-TEST(Filter, DefaultFilterMatchesEverything) {
+TEST(DefinitionFilter, DefaultFilterMatchesEverything) {
     const Filter filter;
     EXPECT_TRUE(filter.matches({}));
     EXPECT_TRUE(filter.fields_used().empty());
 }
 
-TEST(Filter, IfInsideAStringImmediateIsText) {
+TEST(DefinitionFilter, IfInsideAStringImmediateIsText) {
     auto result = parse_definition("p f s=\\\"a if b\" %ax");
     ASSERT_TRUE(result.has_value()) << format_error(result.error());
     EXPECT_FALSE(result->filter.has_value());
@@ -147,14 +147,14 @@ TEST(Filter, IfInsideAStringImmediateIsText) {
     EXPECT_EQ(result->args[0].string_value, "a if b");
 }
 
-TEST(Filter, ErrorPositionsPointIntoTheCommand) {
+TEST(DefinitionFilter, ErrorPositionsPointIntoTheCommand) {
     const auto result = parse_definition("p f a=%di  if   a == 1 && zz == 2");
     ASSERT_FALSE(result.has_value());
     EXPECT_EQ(result.error().message, "Field not found");
     EXPECT_EQ(result.error().position, 26u);
 }
 
-TEST(Filter, LongChainsRunWithoutRecursion) {
+TEST(DefinitionFilter, LongChainsRunWithoutRecursion) {
     std::string command = "p f a=%di if a == 0";
     for (int i = 1; i < 256; ++i) {
         command += " || a == " + std::to_string(i);

@@ -63,9 +63,9 @@ void PrintTo(const GoldenCase& golden, std::ostream* out) {
     *out << "golden.txt:" << golden.line << " " << golden.definition;
 }
 
-class Golden : public testing::TestWithParam<GoldenCase> {};
+class DefinitionGolden : public testing::TestWithParam<GoldenCase> {};
 
-TEST_P(Golden, ParsesAsListed) {
+TEST_P(DefinitionGolden, ParsesAsListed) {
     const GoldenCase& golden = GetParam();
     ASSERT_NE(golden.expectation, "malformed golden line") << "golden.txt:" << golden.line;
     const auto result = parse_definition(golden.definition);
@@ -84,12 +84,12 @@ TEST_P(Golden, ParsesAsListed) {
     }
 }
 
-INSTANTIATE_TEST_SUITE_P(Lines, Golden, testing::ValuesIn(load_cases()),
+INSTANTIATE_TEST_SUITE_P(Lines, DefinitionGolden, testing::ValuesIn(load_cases()),
                          [](const testing::TestParamInfo<GoldenCase>& info) {
                              return "line" + std::to_string(info.param.line);
                          });
 
-TEST(GoldenFile, IsFoundAndHoldsBothKinds) {
+TEST(DefinitionGoldenFile, IsFoundAndHoldsBothKinds) {
     const auto cases = load_cases();
     std::size_t accepted = 0;
     for (const auto& golden : cases) {
