@@ -62,6 +62,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -72,10 +74,14 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "ukprobes/entry_probe.hpp"
 #include "ukprobes/latency.hpp"
+#include "tracer/agent/hit.hpp"
+#include "tracer/definition.hpp"
+#include "tracer/session.hpp"
 #include "ukprobes/ukprobes.hpp"
 
 extern "C" {
@@ -94,6 +100,8 @@ int ukp_bench_boostable(int value);
 int ukp_bench_emulated(int value);
 int ukp_bench_post(int value);
 int ukp_bench_register_target(int value);
+int ukp_bench_traced(int value);
+int ukp_bench_kernel_event_target(int value);
 extern const char ukp_bench_tiny_functions[];
 extern const char ukp_bench_bulk_functions[];
 
@@ -193,6 +201,19 @@ ukp_bench_floor_trampoline:
     lea 1(%rax), %eax           # 8d 40 01
     ret                         # c3
     .size ukp_bench_opt_entry, .-ukp_bench_opt_entry
+
+    # ---- ukprobe's hit path (BM_TracedHit) and the kernel's uprobe event with the same fetch args ----
+    ukp_bench_function ukp_bench_traced
+    mov %edi, %eax              # 89 f8: probed
+    lea 1(%rax), %eax           # 8d 40 01
+    ret                         # c3
+    .size ukp_bench_traced, .-ukp_bench_traced
+
+    ukp_bench_function ukp_bench_kernel_event_target
+    mov %edi, %eax              # 89 f8: probed
+    lea 1(%rax), %eax           # 8d 40 01
+    ret                         # c3
+    .size ukp_bench_kernel_event_target, .-ukp_bench_kernel_event_target
 
     # Mid-function: the probe is at +4; nothing branches anywhere.
     ukp_bench_function ukp_bench_opt_mid
@@ -717,11 +738,12 @@ public:
     KernelUprobe& operator=(const KernelUprobe&) = delete;
     ~KernelUprobe() { remove(); }
 
-    std::expected<void, std::string> create(UprobeKind kind, const std::string& file, std::uint64_t offset) {
+    std::expected<void, std::string> create(UprobeKind kind, const std::string& file, std::uint64_t offset,
+                                            const std::string& fetch_args = {}) {
         char definition[4352];
-        std::snprintf(definition, sizeof definition, "%c:%s/%s %s:0x%llx\n", static_cast<char>(kind),
+        std::snprintf(definition, sizeof definition, "%c:%s/%s %s:0x%llx%s%s\n", static_cast<char>(kind),
                       std::string(uprobe_group).c_str(), event_.c_str(), file.c_str(),
-                      static_cast<unsigned long long>(offset));
+                      static_cast<unsigned long long>(offset), fetch_args.empty() ? "" : " ", fetch_args.c_str());
         file_ = file;
         return write_text(events_, definition, uprobe_events_flags);
     }
@@ -908,6 +930,86 @@ void BM_RegisterInt3Batch(benchmark::State& state) {
 }
 
 // The floors first (the order matters only without interleaving).
+// ---- ukprobe (issue 5): a traced hit next to the kernel's uprobe event ----
+//
+// BM_TracedHit runs the agent's own hit path (src/tracer/agent/hit.cpp, the
+// code `ukprobe run` preloads) on an optimized entry probe whose definition
+// records two fetch args into the thread's ring, while a reader thread
+// drains the rings as the tracer does.  BM_KernelUprobeEvent: the same
+// definition as a kernel uprobe event through tracefs, enabled, writing into
+// the kernel's trace buffer.
+
+constexpr std::string_view traced_fetch_args = "a=%di:s32 b=%si:x64";
+
+void BM_TracedHit(benchmark::State& state) {
+    using namespace ukp::tracer;
+    std::string definition_text = "p:bench ukp_bench_traced " + std::string(traced_fetch_args);
+    auto definition = parse_definition(definition_text);
+    if (!definition) return state.SkipWithError(definition.error().message.c_str());
+    std::string error;
+    SessionOptions options;
+    options.ring_count = 4;
+    options.ring_bytes = 1u << 22;
+    Session session = Session::create(definition_text + "\n", options, &error);
+    if (!session.valid()) return state.SkipWithError(error.c_str());
+    session.header().clock = static_cast<std::uint32_t>(ClockKind::Tsc);
+    agent::initialize_hit_path(session);
+    auto compiled = agent::compile_event(*definition, session, 0, 0);
+    if (!compiled) return state.SkipWithError(compiled.error().c_str());
+    ukp::Kprobe probe;
+    probe.addr = reinterpret_cast<void*>(&ukp_bench_traced);
+    probe.data = &*compiled;
+    probe.pre_handler = [](ukp::Kprobe& kp, ukp::Regs& regs) {
+        agent::on_hit(*static_cast<const agent::CompiledEvent*>(kp.data), regs, 0, regs.ip);
+        return 0;
+    };
+    if (auto registered = ukp::register_kprobe(probe); !registered)
+        return state.SkipWithError(registered.error().message.c_str());
+    Registered guard{probe};
+    auto label = label_if_kind(probe.address(), "optimized");
+    if (!label) return state.SkipWithError(label.error().c_str());
+    state.SetLabel(*label + " +2 args");
+
+    std::atomic<bool> reading{true};
+    std::atomic<std::uint64_t> records{0};
+    std::thread reader([&] {
+        while (reading.load(std::memory_order_relaxed)) {
+            std::uint64_t got = 0;
+            for (std::size_t ring = 0; ring < options.ring_count; ++ring)
+                got += drain(session, ring, [](const RecordHeader&, std::span<const std::uint8_t>) {});
+            records.fetch_add(got, std::memory_order_relaxed);
+            if (got == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
+        }
+    });
+    int value = 0;
+    for (auto _ : state) benchmark::DoNotOptimize(value = ukp_bench_traced(value));
+    reading = false;
+    reader.join();
+    std::uint64_t tail = 0;
+    for (std::size_t ring = 0; ring < options.ring_count; ++ring)
+        tail += drain(session, ring, [](const RecordHeader&, std::span<const std::uint8_t>) {});
+    records += tail;
+    std::uint64_t lost = session.counters(0).lost.load();
+    state.counters["lost_share"] = static_cast<double>(lost) / static_cast<double>(state.iterations());
+    if (records.load() + lost != static_cast<std::uint64_t>(state.iterations()))
+        state.SkipWithError("records + lost != iterations");
+    else if (lost * 100 > static_cast<std::uint64_t>(state.iterations()))
+        state.SkipWithError("more than 1% of the records were lost: the reader did not keep up");
+}
+
+void BM_KernelUprobeEvent(benchmark::State& state) {
+    auto site = uprobe_site_of(reinterpret_cast<const void*>(&ukp_bench_kernel_event_target));
+    if (!site) return state.SkipWithError(site.error().c_str());
+    KernelUprobe uprobe(site->tracefs, "traced_args");
+    if (auto created = uprobe.create(UprobeKind::Entry, site->file, site->offset, std::string(traced_fetch_args));
+        !created)
+        return state.SkipWithError(created.error().c_str());
+    if (auto enabled = uprobe.enable(); !enabled) return state.SkipWithError(enabled.error().c_str());
+    state.SetLabel("kernel uprobe event +2 args");
+    int value = 0;
+    for (auto _ : state) benchmark::DoNotOptimize(value = ukp_bench_kernel_event_target(value));
+}
+
 BENCHMARK(BM_RawInt3)->UseManualTime();
 BENCHMARK(BM_JumpFloor)->UseRealTime();
 BENCHMARK(BM_BareCall)->UseRealTime();
@@ -922,6 +1024,8 @@ BENCHMARK(BM_TypedEntryProbe)->UseRealTime();
 BENCHMARK(BM_LatencyProbe)->UseRealTime();
 BENCHMARK(BM_KernelUprobe)->UseRealTime();
 BENCHMARK(BM_KernelUprobeUretprobe)->UseRealTime();
+BENCHMARK(BM_TracedHit)->UseRealTime();
+BENCHMARK(BM_KernelUprobeEvent)->UseRealTime();
 BENCHMARK(BM_RegisterUnregisterOne)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_RegisterOptimizedBatch)
     ->Arg(1000)
@@ -949,6 +1053,8 @@ constexpr double uprobe_vs_entry_target = 100;  // at least
 constexpr double register_us_target = 5;        // at most, per probe of a 10,000-probe batch
 constexpr double kretprobe_vs_entry_target = 2.5;     // at most (issue 4)
 constexpr double uretprobe_vs_kretprobe_target = 100; // at least (issue 4)
+constexpr double traced_hit_ns_target = 25;           // at most (issue 5)
+constexpr double kernel_event_vs_traced_target = 50;  // at least (issue 5)
 
 // Holds every result until the run ends, because with random interleaving a
 // floor may be reported after the benchmarks it divides; then adds the
@@ -1007,7 +1113,8 @@ public:
         for (const char* name : {"BM_BareCall", "BM_JumpFloor", "BM_OptimizedEntry", "BM_OptimizedMid",
                                  "BM_OptimizedPrePost", "BM_BoostedProbe", "BM_EmulatedProbe", "BM_PostHandlerProbe",
                                  "BM_KretprobeEmpty", "BM_TypedEntryProbe", "BM_LatencyProbe", "BM_RawInt3",
-                                 "BM_KernelUprobe", "BM_KernelUprobeUretprobe"}) {
+                                 "BM_KernelUprobe", "BM_KernelUprobeUretprobe", "BM_TracedHit",
+                                 "BM_KernelUprobeEvent"}) {
             if (const Row* row = find(name))
                 std::fprintf(out, "%-24s %-44s %10.1f %9s %9s\n", name, row->label.c_str(), row->ns,
                              fixed(row->vs_floor, "%.2f").c_str(), fixed(row->vs_int3, "%.4f").c_str());
@@ -1060,6 +1167,14 @@ public:
                "<=", kretprobe_vs_entry_target, !kretprobe ? "BM_KretprobeEmpty" : "BM_OptimizedEntry");
         target(out, "kernel uprobe+uretprobe / kretprobe", uretprobe && kretprobe ? uretprobe->ns / kretprobe->ns : -1,
                ">=", uretprobe_vs_kretprobe_target, !uretprobe ? "BM_KernelUprobeUretprobe" : "BM_KretprobeEmpty");
+
+        std::fprintf(out, "\n%-44s %10s %10s  %s\n", "target (issue 5)", "measured", "target", "");
+        const Row* traced = find("BM_TracedHit");
+        const Row* kernel_event = find("BM_KernelUprobeEvent");
+        target(out, "traced hit, 2 args into the ring (ns)", traced ? traced->ns : -1, "<=", traced_hit_ns_target,
+               "BM_TracedHit");
+        target(out, "kernel uprobe event / traced hit", kernel_event && traced ? kernel_event->ns / traced->ns : -1,
+               ">=", kernel_event_vs_traced_target, !kernel_event ? "BM_KernelUprobeEvent" : "BM_TracedHit");
     }
 
 private:

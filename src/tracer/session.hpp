@@ -184,13 +184,28 @@ public:
     [[nodiscard]] int fd() const noexcept { return fd_; }
     [[nodiscard]] SessionHeader& header() const noexcept { return *header_; }
     [[nodiscard]] std::string_view definitions() const noexcept;
-    [[nodiscard]] EventEntry& event(std::size_t index) const noexcept;
-    [[nodiscard]] EventCounters& counters(std::size_t index) const noexcept;
-    [[nodiscard]] ModuleEntry& module(std::size_t index) const noexcept;
+    // Inline: the hit path calls these on every hit.
+    [[nodiscard]] EventEntry& event(std::size_t index) const noexcept {
+        return reinterpret_cast<EventEntry*>(base() + header_->events_offset)[index];
+    }
+    [[nodiscard]] EventCounters& counters(std::size_t index) const noexcept {
+        return reinterpret_cast<EventCounters*>(base() + header_->counters_offset)[index];
+    }
+    [[nodiscard]] ModuleEntry& module(std::size_t index) const noexcept {
+        return reinterpret_cast<ModuleEntry*>(base() + header_->modules_offset)[index];
+    }
     // nullptr when the session keeps no histograms.
-    [[nodiscard]] HistogramArea* histogram(std::size_t index) const noexcept;
-    [[nodiscard]] RingHeader& ring(std::size_t index) const noexcept;
-    [[nodiscard]] std::uint8_t* ring_data(std::size_t index) const noexcept;
+    [[nodiscard]] HistogramArea* histogram(std::size_t index) const noexcept {
+        if (header_->histograms_offset == 0) return nullptr;
+        return reinterpret_cast<HistogramArea*>(base() + header_->histograms_offset) + index;
+    }
+    [[nodiscard]] RingHeader& ring(std::size_t index) const noexcept {
+        return *reinterpret_cast<RingHeader*>(base() + header_->rings_offset +
+                                              index * (sizeof(RingHeader) + std::size_t{header_->ring_bytes}));
+    }
+    [[nodiscard]] std::uint8_t* ring_data(std::size_t index) const noexcept {
+        return reinterpret_cast<std::uint8_t*>(&ring(index)) + sizeof(RingHeader);
+    }
 
     // The agent reports a line (a newline is added); thread-safe, not for
     // the hit path.
@@ -202,6 +217,7 @@ public:
     [[nodiscard]] std::uint64_t to_nanoseconds(std::uint64_t timestamp) const noexcept;
 
 private:
+    [[nodiscard]] char* base() const noexcept { return reinterpret_cast<char*>(header_); }
     SessionHeader* header_ = nullptr;
     std::size_t size_ = 0;
     int fd_ = -1;

@@ -19,10 +19,6 @@ constexpr std::size_t page = 4096;
 
 std::uint64_t round_up(std::uint64_t value, std::uint64_t to) { return (value + to - 1) / to * to; }
 
-std::size_t ring_stride(const SessionHeader& header) {
-    return sizeof(RingHeader) + static_cast<std::size_t>(header.ring_bytes);
-}
-
 bool is_power_of_two(std::uint64_t value) { return value != 0 && (value & (value - 1)) == 0; }
 
 }  // namespace
@@ -149,32 +145,6 @@ Session::~Session() {
 
 std::string_view Session::definitions() const noexcept {
     return {reinterpret_cast<const char*>(header_) + header_->definitions_offset, header_->definitions_length};
-}
-
-EventEntry& Session::event(std::size_t index) const noexcept {
-    return reinterpret_cast<EventEntry*>(reinterpret_cast<char*>(header_) + header_->events_offset)[index];
-}
-
-EventCounters& Session::counters(std::size_t index) const noexcept {
-    return reinterpret_cast<EventCounters*>(reinterpret_cast<char*>(header_) + header_->counters_offset)[index];
-}
-
-ModuleEntry& Session::module(std::size_t index) const noexcept {
-    return reinterpret_cast<ModuleEntry*>(reinterpret_cast<char*>(header_) + header_->modules_offset)[index];
-}
-
-HistogramArea* Session::histogram(std::size_t index) const noexcept {
-    if (header_->histograms_offset == 0) return nullptr;
-    return reinterpret_cast<HistogramArea*>(reinterpret_cast<char*>(header_) + header_->histograms_offset) + index;
-}
-
-RingHeader& Session::ring(std::size_t index) const noexcept {
-    return *reinterpret_cast<RingHeader*>(reinterpret_cast<char*>(header_) + header_->rings_offset +
-                                          index * ring_stride(*header_));
-}
-
-std::uint8_t* Session::ring_data(std::size_t index) const noexcept {
-    return reinterpret_cast<std::uint8_t*>(&ring(index)) + sizeof(RingHeader);
 }
 
 void Session::report(std::string_view line) const noexcept {
