@@ -160,6 +160,14 @@ TEST(Ukprobe, BadPointersPrintTheFaultMarker) {
     EXPECT_NE(result.out.find("97 -1 42"), std::string::npos);  // the program ran as usual
 }
 
+TEST(Ukprobe, ReturnProbesSeeArgumentsAsTheyWereAtEntry) {
+    auto result = run(ukprobe({"run", "-e", "r:wr work a=$arg1:s32 s=+0($arg2):string ret=$retval:s32", "--", TRACEE,
+                               "basic"}));
+    auto events = lines_with(result.out, " wr: ");
+    ASSERT_EQ(events.size(), 5u) << result.out << result.err;
+    EXPECT_NE(events[4].find("a=4 s=\"hello\" ret=9"), std::string::npos) << events[4];
+}
+
 TEST(Ukprobe, FiltersDropWhatTheyReject) {
     auto result = run(ukprobe({"run", "-e", "p:work work a=%di:s32 if a >= 3", "--", TRACEE, "basic"}));
     auto events = lines_with(result.out, " work: ");

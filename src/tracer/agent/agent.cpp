@@ -89,18 +89,14 @@ void copy_text(char* out, std::size_t capacity, std::string_view text) {
     out[length] = '\0';
 }
 
-std::string sanitize(std::string_view name) {
-    std::string out(name);
-    for (char& c : out)
-        if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_')) c = '_';
-    return out;
-}
-
 std::string event_name_for(const Definition& definition, const PendingTarget& target) {
     if (!definition.place.glob) return definition.event;
-    // One event per function: the kernel's derived name for that function.
-    return fmt::format("{}_{}_{}", definition.type == ProbeType::Return ? "r" : "p", sanitize(target.name),
-                       target.offset);
+    // One event per function: the name the kernel would derive for it.
+    Place place = definition.place;
+    place.symbol = target.name;
+    place.glob = false;
+    place.module.clear();
+    return derive_event_name(definition.type, place);
 }
 
 // The module whose file is `path` (same inode), or nullptr.
@@ -235,16 +231,31 @@ int on_entry_hit(ukp::Kprobe& probe, ukp::Regs& regs) {
     return 0;
 }
 
-int on_return_entry(ukp::KretprobeInstance& instance, ukp::Regs&) {
+// A return probe's instance data: the entry timestamp, then the arguments
+// its fetch args name ($argN), as they were at entry.
+int on_return_entry(ukp::KretprobeInstance& instance, ukp::Regs& regs) {
     const auto* event = static_cast<const CompiledEvent*>(instance.rp->kp.data);
-    *static_cast<std::uint64_t*>(instance.data) = now(*event->session);
+    auto* data = static_cast<std::uint64_t*>(instance.data);
+    data[0] = now(*event->session);
+    for (std::uint32_t i = 1; i <= event->entry_arguments; ++i) data[i] = argument_at_entry(regs, i);
     return 0;
 }
 
 int on_return_hit(ukp::KretprobeInstance& instance, ukp::Regs& regs) {
     const auto* event = static_cast<const CompiledEvent*>(instance.rp->kp.data);
-    on_hit(*event, regs, *static_cast<std::uint64_t*>(instance.data), instance.return_address);
+    const auto* data = static_cast<const std::uint64_t*>(instance.data);
+    on_hit(*event, regs, data[0], instance.return_address, event->entry_arguments != 0 ? data + 1 : nullptr);
     return 0;
+}
+
+// Where a file offset of `path` is mapped now, in any PT_LOAD segment.
+std::optional<std::uint64_t> mapped_file_offset(const std::string& path, std::uint64_t offset) {
+    ModuleMatch module = module_by_file(path);
+    if (!module.found) return std::nullopt;
+    for (const auto& header : module.headers)
+        if (header.p_type == PT_LOAD && offset >= header.p_offset && offset < header.p_offset + header.p_filesz)
+            return module.bias + header.p_vaddr + (offset - header.p_offset);
+    return std::nullopt;
 }
 
 // Makes the probe objects of one event (not registered yet).
@@ -255,7 +266,20 @@ ArmedEvent* prepare_event(std::size_t definition_index, const PendingTarget& tar
         *error = "too many events";
         return nullptr;
     }
-    auto compiled = compile_event(definition, agent->session, static_cast<std::uint16_t>(id), target.address);
+    // @+OFFS names an offset in the PLACE's file: the module given, or the
+    // one the probe lands in.
+    std::string file = definition.place.form == Place::Form::FileOffset ? definition.place.module : std::string();
+    FileOffsetResolver file_offsets = [file, address = target.address](std::uint64_t offset) -> std::optional<std::uint64_t> {
+        std::string path = file;
+        if (path.empty()) {
+            Dl_info info{};
+            if (dladdr(reinterpret_cast<void*>(address), &info) == 0 || info.dli_fname == nullptr) return std::nullopt;
+            path = info.dli_fname[0] != '\0' ? info.dli_fname : "/proc/self/exe";
+        }
+        return mapped_file_offset(path, offset);
+    };
+    auto compiled = compile_event(definition, agent->session, static_cast<std::uint16_t>(id), target.address,
+                                  file_offsets);
     if (!compiled) {
         *error = compiled.error();
         return nullptr;
@@ -270,7 +294,7 @@ ArmedEvent* prepare_event(std::size_t definition_index, const PendingTarget& tar
         probe.kp.data = &armed->compiled;
         probe.handler = on_return_hit;
         probe.entry_handler = on_return_entry;
-        probe.data_size = sizeof(std::uint64_t);
+        probe.data_size = sizeof(std::uint64_t) * (1 + armed->compiled.entry_arguments);
         probe.maxactive = definition.maxactive;
     } else {
         armed->kprobe = std::make_unique<ukp::Kprobe>();
@@ -353,6 +377,16 @@ bool arm_definition(std::size_t index) {
         }
         publish(index, armed, target);
         ++armed_count;
+        // PATH:OFFSET(REF_CTR_OFFSET): an SDT probe's semaphore, which the
+        // program checks before preparing the probe's arguments.  Counted up
+        // while we trace; never down (the program ends with us).
+        if (definition.place.form == Place::Form::FileOffset && definition.place.reference_counter_offset) {
+            auto semaphore = mapped_file_offset(definition.place.module, *definition.place.reference_counter_offset);
+            if (semaphore)
+                __atomic_fetch_add(reinterpret_cast<std::uint16_t*>(*semaphore), 1, __ATOMIC_RELAXED);
+            else
+                report(fmt::format("warning: {}: the reference counter is not mapped", definition.command));
+        }
     }
     if (definition.place.glob)
         report(fmt::format("info: {}: {} of {} functions probed", definition.command, armed_count, targets.size()));

@@ -99,7 +99,8 @@ inline bool read_u64(std::uint64_t address, std::uint64_t* out) {
 
 // The value before the final memory read; false when an intermediate read
 // faulted.  `*final_address` is where the final read (if any) happens.
-inline bool base_value(const CompiledArg& arg, const Regs& regs, std::uint64_t* value) {
+inline bool base_value(const CompiledArg& arg, const Regs& regs, const std::uint64_t* entry_arguments,
+                       std::uint64_t* value) {
     switch (arg.root) {
     case FetchRoot::Register:
         *value = register_file(regs)[arg.register_index];
@@ -116,6 +117,10 @@ inline bool base_value(const CompiledArg& arg, const Regs& regs, std::uint64_t* 
         *value = regs.sp;
         return true;
     case FetchRoot::Argument:
+        if (entry_arguments != nullptr) {
+            *value = entry_arguments[arg.index - 1];
+            return true;
+        }
         switch (arg.index) {
         case 1: *value = regs.di; return true;
         case 2: *value = regs.si; return true;
@@ -164,15 +169,37 @@ inline std::uint64_t load_element(const std::uint8_t* bytes, unsigned size) {
 // Writes one field at `out`; returns its length in the record.  Sets
 // `*faulted` when the program's memory could not be read, and fills
 // `filter_value` for the filter.
-std::size_t fetch_field(const CompiledArg& arg, const Regs& regs, std::uint8_t* out, std::uint32_t string_limit,
-                        bool* faulted, Filter::Value* filter_value) {
+std::size_t fetch_field(const CompiledArg& arg, const Regs& regs, const std::uint64_t* entry_arguments,
+                        std::uint8_t* out, std::uint32_t string_limit, bool* faulted, Filter::Value* filter_value) {
     std::uint64_t value = 0;
-    bool ok = base_value(arg, regs, &value);
+    bool ok = base_value(arg, regs, entry_arguments, &value);
     // Every read but the last yields a pointer.
     unsigned reads = arg.deref_count;
     for (unsigned i = 0; ok && i + 1 < reads; ++i) ok = read_u64(value + static_cast<std::uint64_t>(arg.derefs[i]), &value);
     std::uint64_t final_address = reads != 0 ? value + static_cast<std::uint64_t>(arg.derefs[reads - 1]) : value;
 
+    if (is_string(arg.kind) && arg.array_length != 0) {
+        // string[N]: the last read is done and yields N pointers.
+        std::uint8_t* at = out;
+        bool all = ok;
+        for (unsigned i = 0; i < arg.array_length; ++i) {
+            std::uint64_t pointer = 0;
+            bool element = ok && read_u64(final_address + 8ull * i, &pointer);
+            long copied = element ? ukp::read_string(reinterpret_cast<char*>(at + 2),
+                                                     reinterpret_cast<const void*>(pointer), string_limit)
+                                  : -1;
+            if (copied < 0) {
+                copied = 0;
+                all = false;
+            }
+            auto length = static_cast<std::uint16_t>(copied);
+            __builtin_memcpy(at, &length, 2);
+            at += 2 + length;
+        }
+        *faulted = !all;
+        if (filter_value) *filter_value = {0, {}, false};
+        return static_cast<std::size_t>(at - out);
+    }
     if (is_string(arg.kind) || arg.root == FetchRoot::Comm || arg.root == FetchRoot::StringImmediate) {
         std::uint16_t length = 0;
         char* text = reinterpret_cast<char*>(out + 2);
@@ -263,8 +290,24 @@ void forget_ring_after_fork() noexcept {
     process_pid = getpid();
 }
 
-void on_hit(const CompiledEvent& event, const Regs& regs, std::uint64_t entry_timestamp,
-            std::uint64_t location) noexcept {
+std::uint64_t argument_at_entry(const Regs& regs, std::uint32_t index) noexcept {
+    switch (index) {
+    case 1: return regs.di;
+    case 2: return regs.si;
+    case 3: return regs.dx;
+    case 4: return regs.cx;
+    case 5: return regs.r8;
+    case 6: return regs.r9;
+    default: {
+        std::uint64_t value = 0;
+        (void)read_u64(regs.sp + 8ull * (index - 6), &value);
+        return value;
+    }
+    }
+}
+
+void on_hit(const CompiledEvent& event, const Regs& regs, std::uint64_t entry_timestamp, std::uint64_t location,
+            const std::uint64_t* entry_arguments) noexcept {
     if (quiet_depth != 0) return;
     const Session& session = *event.session;
     const SessionHeader& header = session.header();
@@ -318,7 +361,7 @@ void on_hit(const CompiledEvent& event, const Regs& regs, std::uint64_t entry_ti
     for (std::uint32_t i = 0; i < event.arg_count; ++i) {
         bool faulted = false;
         Filter::Value* value = want_values && i < max_filtered_args ? &values[i] : nullptr;
-        out += fetch_field(event.args[i], regs, out, header.string_limit, &faulted, value);
+        out += fetch_field(event.args[i], regs, entry_arguments, out, header.string_limit, &faulted, value);
         if (faulted) {
             bitmap[i / 8] |= static_cast<std::uint8_t>(1u << (i % 8));
             any_fault = true;
@@ -345,7 +388,8 @@ void on_hit(const CompiledEvent& event, const Regs& regs, std::uint64_t entry_ti
 }
 
 std::expected<CompiledEvent, std::string> compile_event(const Definition& definition, const Session& session,
-                                                        std::uint16_t id, std::uint64_t address) {
+                                                        std::uint16_t id, std::uint64_t address,
+                                                        const FileOffsetResolver& file_offsets) {
     CompiledEvent event;
     event.id = id;
     event.is_return = definition.type == ProbeType::Return;
@@ -370,7 +414,16 @@ std::expected<CompiledEvent, std::string> compile_event(const Definition& defini
         arg.index = from.index;
         arg.address = from.address;
         std::size_t reads = 0;
-        if (from.root == FetchRoot::Memory || from.root == FetchRoot::Symbol) {
+        if (from.root == FetchRoot::Argument && event.is_return)
+            event.entry_arguments = std::max(event.entry_arguments, from.index);
+        if (from.root == FetchRoot::Memory || from.root == FetchRoot::Symbol || from.root == FetchRoot::FileOffset) {
+            if (from.root == FetchRoot::FileOffset) {
+                auto resolved = file_offsets ? file_offsets(from.address) : std::nullopt;
+                if (!resolved)
+                    return std::unexpected("arg '" + from.name + "': file offset " + std::to_string(from.address) +
+                                           " is not mapped");
+                arg.address = *resolved;
+            }
             if (from.root == FetchRoot::Symbol) {
                 auto resolved = resolve_data_symbol(from.symbol);
                 if (!resolved)
@@ -390,7 +443,9 @@ std::expected<CompiledEvent, std::string> compile_event(const Definition& defini
             arg.string_value = from.string_value.data();
             arg.string_length = static_cast<std::uint16_t>(length);
         }
-        if (is_string(arg.kind) || arg.root == FetchRoot::Comm || arg.root == FetchRoot::StringImmediate)
+        if (is_string(arg.kind) && arg.array_length != 0)
+            size += std::size_t{arg.array_length} * (2 + session.header().string_limit);
+        else if (is_string(arg.kind) || arg.root == FetchRoot::Comm || arg.root == FetchRoot::StringImmediate)
             size += 2 + session.header().string_limit;
         else
             size += 8u * (arg.array_length == 0 ? 1u : std::min<unsigned>(arg.array_length, 64));

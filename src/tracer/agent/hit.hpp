@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <expected>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -51,16 +52,26 @@ struct CompiledEvent {
     std::uint32_t bitmap_bytes = 0;   // fault bits, one per arg, padded to 8
     std::uint32_t max_record = 0;     // header + bitmap + every field at its largest, 8-aligned
     int hist_field = -1;              // --hist: the arg index, or -1
+    // Return probes: how many arguments ($argN) the entry handler keeps for
+    // the return (the kernel's "$argN in return probes", values at entry).
+    std::uint32_t entry_arguments = 0;
 };
+
+// Where a file offset of the definition's PLACE file is mapped (@+OFFS).
+using FileOffsetResolver = std::function<std::optional<std::uint64_t>(std::uint64_t offset)>;
 
 // Builds the event; an error message says which arg could not be compiled.
 [[nodiscard]] std::expected<CompiledEvent, std::string> compile_event(const Definition& definition,
                                                                       const Session& session, std::uint16_t id,
-                                                                      std::uint64_t address);
+                                                                      std::uint64_t address,
+                                                                      const FileOffsetResolver& file_offsets = {});
 
-// The handlers.  `entry_timestamp` is 0 for entry probes.
-void on_hit(const CompiledEvent& event, const Regs& regs, std::uint64_t entry_timestamp,
-            std::uint64_t location) noexcept;
+// The handlers.  `entry_timestamp` is 0 for entry probes; return probes
+// pass the arguments their entry kept (event.entry_arguments of them).
+void on_hit(const CompiledEvent& event, const Regs& regs, std::uint64_t entry_timestamp, std::uint64_t location,
+            const std::uint64_t* entry_arguments = nullptr) noexcept;
+// At a function's entry: its argument `index` (1-based) by the ABI.
+[[nodiscard]] std::uint64_t argument_at_entry(const Regs& regs, std::uint32_t index) noexcept;
 // The raw clock of records (see ClockKind).
 [[nodiscard]] std::uint64_t now(const Session& session) noexcept;
 

@@ -87,6 +87,24 @@ bool Decoder::decode(const RecordHeader& header, std::span<const std::uint8_t> b
         const FetchArg& arg = definition.args[i];
         bool faulted = (bitmap[i / 8] >> (i % 8)) & 1;
         Field field{arg.name, {}};
+        if (is_string_field(arg) && arg.type.array_length != 0) {
+            field.value.kind = FieldValue::Kind::Array;
+            for (unsigned k = 0; k < arg.type.array_length; ++k) {
+                std::uint16_t length;
+                if (at + 2 > bytes.size()) return false;
+                std::memcpy(&length, bytes.data() + at, 2);
+                at += 2;
+                if (at + length > bytes.size()) return false;
+                FieldValue element;
+                element.kind = FieldValue::Kind::String;
+                element.text.assign(reinterpret_cast<const char*>(bytes.data() + at), length);
+                at += length;
+                field.value.elements.push_back(std::move(element));
+            }
+            if (faulted) field.value.kind = FieldValue::Kind::Fault, field.value.elements.clear();
+            out->fields.push_back(std::move(field));
+            continue;
+        }
         if (is_string_field(arg)) {
             std::uint16_t length;
             if (at + 2 > bytes.size()) return false;
