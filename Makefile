@@ -18,6 +18,9 @@ build: configure
 
 demo: build
 	$(BUILD)/examples/ukp_demo
+	@echo; echo '== ukprobe: the sizes bash asks malloc for, and a few of its calls traced =='
+	$(BUILD)/ukprobe run --hist size -e 'p libc.so.6:malloc size=%di:u64' -- bash -c 'for i in 1 2 3; do echo "hello from bash $$i"; done'
+	$(BUILD)/ukprobe run -q -e 'p:getenv libc.so.6:getenv name=+0(%di):string' -e 'r:getenv_ret libc.so.6:getenv value=+0($$retval):string' -- date -u +%F
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
