@@ -182,6 +182,7 @@ void print_summary(const Session& session, const Totals& totals, const RunOption
             fmt::print(out, "{}\n", format_histogram(title, histogram, {.unit = latency ? "ns" : ""}));
         }
     }
+    std::fflush(out);  // the aggregations before the table, when both reach one terminal
     if (options.quiet) return;
     std::vector<ProfileRow> rows;
     bool any_lost = header.lost_no_ring.load() != 0, any_fault = false;
