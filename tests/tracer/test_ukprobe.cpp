@@ -168,6 +168,40 @@ TEST(Ukprobe, ReturnProbesSeeArgumentsAsTheyWereAtEntry) {
     EXPECT_NE(events[4].find("a=4 s=\"hello\" ret=9"), std::string::npos) << events[4];
 }
 
+TEST(Ukprobe, EveryFetchType) {
+    auto result = run(ukprobe({"run", "--string-size", "16", "-e",
+                               "p:types take_types u8=+0(%di):u8 s8=+1(%di):s8 u16=+2(%di):u16 s32=+4(%di):s32 "
+                               "x64=+8(%di):x64 letter=+16(%di):char bits=+20(%di):b4@4/32 "
+                               "text=+0(+24(%di)):string numbers=+32(%di):u32[3] callback=+48(%di):symbol "
+                               "name=+48(%di):symstr comm=$comm imm=\\42 word=\\\"hi\"",
+                               "--", TRACEE, "types"}));
+    auto events = lines_with(result.out, " types: ");
+    ASSERT_EQ(events.size(), 1u) << result.out << result.err;
+    for (const char* expected : {"u8=200 ", "s8=-5 ", "u16=65535 ", "s32=-123456 ", "x64=0xdeadbeefcafe ",
+                                 "letter='Q' ", "bits=10 ", "text=\"xxxxxxxxxxxxxxx\" ", "numbers={1,22,333} ",
+                                 "callback=work+0x0/0x", "name=\"work+0x0\" ", "comm=\"tracee\"", "imm=0x2a",
+                                 "word=\"hi\""})
+        EXPECT_NE(events[0].find(expected), std::string::npos) << expected << " in " << events[0];
+}
+
+TEST(Ukprobe, RealProgramObjcopyWithAllOfLibz) {
+    // binutils links libz; compressing debug sections drives deflate.
+    std::string plain_copy = temp_path("plain.o"), traced_copy = temp_path("traced.o");
+    auto plain = run({"objcopy", "--compress-debug-sections=zlib", TRACEE, plain_copy});
+    if (plain.exit_code() != 0) GTEST_SKIP() << "objcopy cannot compress here: " << plain.err;
+    auto traced = run(ukprobe({"run", "--count", "-e", "p libz.so.1:*", "--", "objcopy",
+                               "--compress-debug-sections=zlib", TRACEE, traced_copy}));
+    EXPECT_EQ(traced.exit_code(), 0) << traced.err;
+    EXPECT_EQ(read_file(traced_copy), read_file(plain_copy));
+    std::smatch probed;
+    ASSERT_TRUE(std::regex_search(traced.err, probed, std::regex(R"((\d+) of (\d+) functions probed)"))) << traced.err;
+    EXPECT_GT(std::stoul(probed[1]), 50u);
+    EXPECT_NE(traced.out.find("@count[p_deflate_0]: "), std::string::npos) << traced.out;
+    EXPECT_EQ(traced.out.find("@count[p_deflate_0]: 0\n"), std::string::npos) << traced.out;
+    unlink(plain_copy.c_str());
+    unlink(traced_copy.c_str());
+}
+
 TEST(Ukprobe, FiltersDropWhatTheyReject) {
     auto result = run(ukprobe({"run", "-e", "p:work work a=%di:s32 if a >= 3", "--", TRACEE, "basic"}));
     auto events = lines_with(result.out, " work: ");

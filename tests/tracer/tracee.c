@@ -32,6 +32,25 @@ __attribute__((noinline)) int take_point(const struct point *p)
 	return p->x * p->y;
 }
 
+struct types {
+	unsigned char u8;      /* 0 */
+	signed char s8;        /* 1 */
+	unsigned short u16;    /* 2 */
+	int s32;               /* 4 */
+	unsigned long x64;     /* 8 */
+	char letter;           /* 16 */
+	unsigned int flags;    /* 20: bits 4..7 hold 0xa */
+	const char *long_text; /* 24 */
+	unsigned int numbers[3]; /* 32 */
+	int (*callback)(int, const char *); /* 48 */
+};
+
+__attribute__((noinline)) int take_types(const struct types *t)
+{
+	__asm__ volatile("" ::: "memory");
+	return t->s32;
+}
+
 static int calls_per_thread;
 
 static void *thread_main(void *arg)
@@ -111,6 +130,13 @@ int main(int argc, char **argv)
 	if (strcmp(mode, "pointers") == 0) {
 		struct point p = {6, 7, "seven"};
 		printf("%ld %ld %d\n", take_string("abc"), take_string(NULL), take_point(&p));
+		return 0;
+	}
+	if (strcmp(mode, "types") == 0) {
+		static char text[1000];
+		memset(text, 'x', sizeof text - 1);
+		struct types t = {200, -5, 65535, -123456, 0xdeadbeefcafeULL, 'Q', 0xa0, text, {1, 22, 333}, work};
+		printf("%d\n", take_types(&t));
 		return 0;
 	}
 	if (strcmp(mode, "fork") == 0) {
