@@ -60,6 +60,7 @@ __attribute__((used)) static void define_trampoline_bodies() {
         ".intel_syntax noprefix\n"
         UKP_ASM_GPR_MACROS
         UKP_ASM_VECTOR_MACROS
+        UKP_ASM_FLAGS_MACRO
         R"(
 
         # UKP_BODY name, last_low_vector (7 at entry, 15 elsewhere),
@@ -84,8 +85,9 @@ __attribute__((used)) static void define_trampoline_bodies() {
         mov [rbx + %c[orig_ax]], rax
         cld
         # A program single-stepping itself must not step through the
-        # dispatcher and handlers: clear TF for the call (the exit's popfq
-        # restores it).  popfq is slow, so only when TF is set.
+        # dispatcher and handlers: clear TF for the call (the exit takes
+        # its popfq path then and restores it).  popfq is slow, so only
+        # when TF is set.
         test byte ptr [rbx + %c[flags] + 1], 1
         jz 10f
         pushfq
@@ -150,8 +152,7 @@ __attribute__((used)) static void define_trampoline_bodies() {
         mov [rcx], rax
         mov [rbx + %c[orig_ax]], rcx
         mov rsp, rbx
-        push qword ptr [rsp + %c[flags]]
-        popfq
+        UKP_RESTORE_FLAGS %c[regs_size]
         UKP_RESTORE_GPRS
         mov rsp, [rsp + %c[orig_ax]]
         ret 128
@@ -171,9 +172,9 @@ ukp_trampoline_bodies_start:
         .hidden ukp_trampoline_bodies_end
 ukp_trampoline_bodies_end:
         .purgem UKP_BODY
-        )" UKP_ASM_PURGE_GPR_MACROS UKP_ASM_PURGE_VECTOR_MACROS
+        )" UKP_ASM_PURGE_GPR_MACROS UKP_ASM_PURGE_VECTOR_MACROS UKP_ASM_PURGE_FLAGS_MACRO
         ".att_syntax prefix\n"
-        ".popsection\n" ::UKP_PT_REGS_OPERANDS, [gap] "i"(gap), [vector_area] "i"(vector_area));
+        ".popsection\n" ::UKP_PT_REGS_OPERANDS, UKP_FLAGS_OPERANDS, [gap] "i"(gap), [vector_area] "i"(vector_area));
 }
 
 extern "C" char ukp_trampoline_bodies_start[], ukp_trampoline_bodies_end[];
