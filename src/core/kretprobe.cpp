@@ -243,8 +243,9 @@ extern "C" __attribute__((visibility("hidden"))) std::uint64_t ukp_return_probe_
             // dispatch.cpp for the policy) as if it changed nothing, and the
             // return still completes.
             pt_regs before = *regs;
-            if (!call_guarded(record, EscapeKind::Handler,
-                              [&] { (void)probe->return_handler(*probe, *instance, *regs); }))
+            if (!call_guarded(record, EscapeKind::Handler, reinterpret_cast<const void*>(probe->return_handler),
+                              probe, instance, regs)
+                     .completed)
                 *regs = before;
             regs->sp = sp;  // the trampoline returns with the stack as it is
         }

@@ -11,7 +11,7 @@ namespace ukp::core {
 
 namespace detail {
 std::atomic<ThreadChunk*> first_chunk{nullptr};
-thread_local ThreadRecord* this_thread = nullptr;
+thread_local constinit ThreadRecord* this_thread = nullptr;
 }
 
 namespace {

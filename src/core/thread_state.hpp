@@ -90,9 +90,9 @@ struct ThreadRecord {
 
     // The probe whose handler runs now on this thread (kernel: current_kprobe).
     ProbeRecord* current_probe = nullptr;
-    // Where a faulting handler is abandoned to (see dispatch.cpp).
-    void* handler_escape[5] = {};
-    bool handler_escape_armed = false;
+    // Where a faulting handler is abandoned to (arch::ukp_guarded_call; 0:
+    // no guarded call runs), and what that call protects (dispatch.cpp).
+    std::uint64_t handler_escape = 0;
     EscapeKind escape_kind = EscapeKind::None;
     // The probed context's saved vector registers while its handlers run
     // (arch::VectorView's fields; null outside handlers).
@@ -106,7 +106,8 @@ struct ThreadRecord {
 
 namespace detail {
 // Static TLS (initial-exec, see CMakeLists.txt): one load from %fs.
-extern thread_local ThreadRecord* this_thread;
+// constinit: without it every use first tests for a TLS init function.
+extern thread_local constinit ThreadRecord* this_thread;
 [[nodiscard]] ThreadRecord* claim_this_thread_record() noexcept;
 }  // namespace detail
 

@@ -1,5 +1,6 @@
 // Register saves shared by this folder's trampolines (trampoline.cpp,
-// return_trampoline.cpp): the general registers into a pt_regs at [rsp],
+// return_trampoline.cpp): the general registers into a pt_regs at [rsp]
+// (UKP_SAVE_GPRS at: at [rsp + at]),
 // and vector registers 0..last into a 64-byte-aligned area at [rsp] (one
 // 64-byte slot each), keyed on XINUSE in r12d.
 //
@@ -32,22 +33,22 @@
 #include "ukprobes/pt_regs.h"
 
 #define UKP_ASM_GPR_MACROS                  \
-    ".macro UKP_SAVE_GPRS\n"                \
-    "mov [rsp + %c[r15]], r15\n"            \
-    "mov [rsp + %c[r14]], r14\n"            \
-    "mov [rsp + %c[r13]], r13\n"            \
-    "mov [rsp + %c[r12]], r12\n"            \
-    "mov [rsp + %c[bp]], rbp\n"             \
-    "mov [rsp + %c[bx]], rbx\n"             \
-    "mov [rsp + %c[r11]], r11\n"            \
-    "mov [rsp + %c[r10]], r10\n"            \
-    "mov [rsp + %c[r9]], r9\n"              \
-    "mov [rsp + %c[r8]], r8\n"              \
-    "mov [rsp + %c[ax]], rax\n"             \
-    "mov [rsp + %c[cx]], rcx\n"             \
-    "mov [rsp + %c[dx]], rdx\n"             \
-    "mov [rsp + %c[si]], rsi\n"             \
-    "mov [rsp + %c[di]], rdi\n"             \
+    ".macro UKP_SAVE_GPRS at=0\n"           \
+    "mov [rsp + \\at + %c[r15]], r15\n"     \
+    "mov [rsp + \\at + %c[r14]], r14\n"     \
+    "mov [rsp + \\at + %c[r13]], r13\n"     \
+    "mov [rsp + \\at + %c[r12]], r12\n"     \
+    "mov [rsp + \\at + %c[bp]], rbp\n"      \
+    "mov [rsp + \\at + %c[bx]], rbx\n"      \
+    "mov [rsp + \\at + %c[r11]], r11\n"     \
+    "mov [rsp + \\at + %c[r10]], r10\n"     \
+    "mov [rsp + \\at + %c[r9]], r9\n"       \
+    "mov [rsp + \\at + %c[r8]], r8\n"       \
+    "mov [rsp + \\at + %c[ax]], rax\n"      \
+    "mov [rsp + \\at + %c[cx]], rcx\n"      \
+    "mov [rsp + \\at + %c[dx]], rdx\n"      \
+    "mov [rsp + \\at + %c[si]], rsi\n"      \
+    "mov [rsp + \\at + %c[di]], rdi\n"      \
     ".endm\n"                               \
     ".macro UKP_RESTORE_GPRS\n"             \
     "mov r15, [rsp + %c[r15]]\n"            \

@@ -6,7 +6,11 @@
 //                       ProbePoint* word); later the continuation address
 //   [S-136-GAP, S-136)  room for a pre-handler that lowers regs.sp
 //   S-144-GAP           the flags, pushed first (nothing before changes them)
-//   below               struct pt_regs, then the 64-byte aligned vector area
+//   below               struct pt_regs; a second copy of its general
+//                       registers, flags and sp (the backup a faulting
+//                       handler's changes are undone from: written here
+//                       while the values are in registers, it costs less
+//                       than a copy in C++); the 64-byte aligned vector area
 //
 // Exit, the same for every outcome: the C++ side returns the continuation
 // C.  With T = regs.sp - 136 the body stores C at [T], restores every
@@ -76,11 +80,14 @@ __attribute__((used)) static void define_trampoline_bodies() {
         pushfq
         lea rsp, [rsp - %c[regs_size]]
         UKP_SAVE_GPRS
+        UKP_SAVE_GPRS -%c[regs_size]
         mov rbx, rsp
         mov rax, [rbx + %c[regs_size]]
         mov [rbx + %c[flags]], rax
+        mov [rbx - %c[regs_size] + %c[flags]], rax
         lea rax, [rbx + %c[regs_size] + 8 + %c[gap] + 8 + 128]
         mov [rbx + %c[sp]], rax
+        mov [rbx - %c[regs_size] + %c[sp]], rax
         mov rax, [rbx + %c[regs_size] + 8 + %c[gap]]
         mov [rbx + %c[orig_ax]], rax
         cld
@@ -94,6 +101,7 @@ __attribute__((used)) static void define_trampoline_bodies() {
         and qword ptr [rsp], -0x101
         popfq
 10:
+        lea rsp, [rbx - %c[regs_size]]
         and rsp, -64
         sub rsp, %c[vector_area]
         mov ecx, 1
@@ -121,6 +129,7 @@ __attribute__((used)) static void define_trampoline_bodies() {
         mov rdi, rbx
         mov rsi, rsp                    # the saved vector registers
         mov edx, \last + 1
+        lea rcx, [rbx - %c[regs_size]]  # the backup
         call \function
 
         .if \mxcsr
