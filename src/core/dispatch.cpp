@@ -51,15 +51,6 @@ namespace ukp::core {
 
 namespace {
 
-// pt_regs by quadwords: the trampoline has just stored it one quadword at a
-// time, and wider (vector) loads would stall waiting for those stores.  Not
-// vectorized, not turned into a memcpy call (see CMakeLists.txt), unrolled.
-[[gnu::optimize("no-tree-vectorize", "unroll-loops")]] inline void copy_regs(pt_regs& to, const pt_regs& from) noexcept {
-    auto* target = reinterpret_cast<std::uint64_t*>(&to);
-    const auto* source = reinterpret_cast<const std::uint64_t*>(&from);
-    for (std::size_t i = 0; i < sizeof(pt_regs) / sizeof(std::uint64_t); ++i) target[i] = source[i];
-}
-
 // A plain loop the compiler must not turn into a memcpy call.
 void copy_words(void* to, const void* from, std::size_t size) noexcept {
     auto* target = static_cast<volatile std::uint64_t*>(to);

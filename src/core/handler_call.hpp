@@ -10,6 +10,7 @@
 
 #include "arch/backend.hpp"
 #include "core/thread_state.hpp"
+#include "ukprobes/pt_regs.h"
 
 namespace ukp::core {
 
@@ -40,6 +41,15 @@ private:
     }
     ThreadRecord* record_;
 };
+
+// pt_regs by quadwords: the trampoline has just stored it one quadword at a
+// time, and wider (vector) loads would stall waiting for those stores.  Not
+// vectorized, not turned into a memcpy call (see CMakeLists.txt), unrolled.
+[[gnu::optimize("no-tree-vectorize", "unroll-loops")]] inline void copy_regs(pt_regs& to, const pt_regs& from) noexcept {
+    auto* target = reinterpret_cast<std::uint64_t*>(&to);
+    const auto* source = reinterpret_cast<const std::uint64_t*>(&from);
+    for (std::size_t i = 0; i < sizeof(pt_regs) / sizeof(std::uint64_t); ++i) target[i] = source[i];
+}
 
 // Calls `function(first, second, third)`, a handler with the C calling
 // convention and at most three pointer-sized arguments, so that a fault

@@ -79,8 +79,9 @@ private:
 };
 
 // Releases an instance whose thread will never return through it (the
-// thread exited, or its frame was unwound); kretprobe.cpp.
-void abandon_return_instance(ReturnInstance& instance) noexcept;
+// thread exited, or its frame was unwound), on the thread that now owns the
+// record with index `thread_index`; kretprobe.cpp.
+void abandon_return_instance(ReturnInstance& instance, std::size_t thread_index) noexcept;
 
 struct ThreadRecord {
     std::atomic<int> tid{0};  // 0: free
