@@ -72,6 +72,21 @@ void store_regs(const pt_regs& regs, void* ucontext) noexcept;
 // void set_instruction_pointer(pt_regs& regs, std::uint64_t address) noexcept;
 [[nodiscard]] std::uint64_t ucontext_instruction_pointer(const void* ucontext) noexcept;
 
+// Guarded calls (the x86-64 version is guarded_call.cpp): calls
+// function(first, second, third) with the C calling convention and returns
+// {its integer result, 1}.  `*escape` is the thread's innermost escape point
+// (0: none); the call makes itself the innermost one and puts the outer one
+// back when it ends.  A fault inside the call is abandoned by
+// escape_guarded_call(ucontext, *escape) in the fault signal handler: the
+// interrupted context resumes in the guarded call, which returns {0, 0}.
+struct GuardedCallResult {
+    std::uint64_t value;
+    std::uint64_t completed;
+};
+extern "C" GuardedCallResult ukp_guarded_call(std::uint64_t* escape, const void* function, void* first,
+                                              void* second, void* third);
+void escape_guarded_call(void* ucontext, std::uint64_t escape) noexcept;
+
 enum class TrapKind : std::uint8_t { Breakpoint, SingleStep, Other };
 [[nodiscard]] TrapKind classify_trap(const siginfo_t* info) noexcept;
 // The breakpoint instruction's address, given the registers after the trap.

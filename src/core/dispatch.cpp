@@ -51,15 +51,6 @@ namespace ukp::core {
 
 namespace {
 
-// pt_regs by quadwords: the trampoline has just stored it one quadword at a
-// time, and wider (vector) loads would stall waiting for those stores.  Not
-// vectorized, not turned into a memcpy call (see CMakeLists.txt), unrolled.
-[[gnu::optimize("no-tree-vectorize", "unroll-loops")]] inline void copy_regs(pt_regs& to, const pt_regs& from) noexcept {
-    auto* target = reinterpret_cast<std::uint64_t*>(&to);
-    const auto* source = reinterpret_cast<const std::uint64_t*>(&from);
-    for (std::size_t i = 0; i < sizeof(pt_regs) / sizeof(std::uint64_t); ++i) target[i] = source[i];
-}
-
 // A plain loop the compiler must not turn into a memcpy call.
 void copy_words(void* to, const void* from, std::size_t size) noexcept {
     auto* target = static_cast<volatile std::uint64_t*>(to);
@@ -99,7 +90,8 @@ void run_post_handlers(ThreadRecord* record, const HandlerList* list, pt_regs& r
     for (ProbeRecord* probe : list->probes) {
         if (probe->post_handler == nullptr || !probe->enabled.load(std::memory_order_relaxed)) continue;
         record->current_probe = probe;
-        call_guarded(record, EscapeKind::Handler, [&] { probe->post_handler(*probe, regs, 0); });
+        (void)call_guarded(record, EscapeKind::Handler, reinterpret_cast<const void*>(probe->post_handler), probe,
+                           &regs, nullptr);
     }
     record->current_probe = nullptr;
 }
@@ -134,20 +126,29 @@ void count_misses(const HandlerList* list) {
 // kernel's aggregate rule).  A handler that faults is abandoned as if it
 // returned 0 and changed nothing.  Returns the probe whose handler returned
 // non-zero, which stops the walk (kernel semantics: it has set the
-// registers, ip included), with `before` holding the registers as they were
-// before that handler ran; nullptr when every handler returned 0.
-ProbeRecord* run_pre_handlers(ThreadRecord* record, const HandlerList* list, pt_regs& regs, pt_regs& before) {
+// registers, ip included), with `before` pointing at the registers as they
+// were before that handler ran; nullptr when every handler returned 0.
+// `before` may come in pointing at a copy of `regs` made by the caller (the
+// trampoline's backup): the first handler then needs no copy of its own;
+// later ones are copied into `scratch`.
+[[gnu::always_inline]] inline ProbeRecord* run_pre_handlers(ThreadRecord* record, const HandlerList* list,
+                                                            pt_regs& regs, pt_regs& scratch, const pt_regs*& before) {
+    bool before_is_current = before != nullptr;
     for (ProbeRecord* probe : list->probes) {
         if (!probe->enabled.load(std::memory_order_relaxed)) continue;
         probe->count_hit(record->index);
         if (probe->pre_handler == nullptr) continue;
         record->current_probe = probe;
-        int result = 0;
-        copy_regs(before, regs);
-        if (!call_guarded(record, EscapeKind::Handler, [&] { result = probe->pre_handler(*probe, regs); }))
-            copy_regs(regs, before);
+        if (!before_is_current) {
+            copy_regs(scratch, regs);
+            before = &scratch;
+        }
+        auto call = call_guarded(record, EscapeKind::Handler, reinterpret_cast<const void*>(probe->pre_handler),
+                                 probe, &regs);
+        if (!call.completed) copy_regs(regs, *before);
         record->current_probe = nullptr;
-        if (result != 0) return probe;
+        if (static_cast<int>(call.value) != 0) return probe;
+        before_is_current = !call.completed;
     }
     return nullptr;
 }
@@ -166,9 +167,10 @@ Outcome hit_probe(ThreadRecord* record, ProbePoint* point, pt_regs& regs) {
         count_misses(list);
         return execute_displaced(record, point, regs, false);
     }
-    pt_regs before;
+    pt_regs scratch;
+    const pt_regs* before = nullptr;
     // A redirect: the probed instruction is not executed.
-    if (run_pre_handlers(record, list, regs, before) != nullptr) return Outcome::Resume;
+    if (run_pre_handlers(record, list, regs, scratch, before) != nullptr) return Outcome::Resume;
     return execute_displaced(record, point, regs, list->has_post_handler);
 }
 
@@ -299,13 +301,14 @@ void on_fault_signal(int signal, siginfo_t* info, void* context) {
     std::uint64_t pc = arch::ucontext_instruction_pointer(context);
 
     // An emulator access that would fault: abandon it (see execute_displaced).
-    if (record->handler_escape_armed && record->escape_kind == EscapeKind::MemoryAccess) {
+    if (record->handler_escape != 0 && record->escape_kind == EscapeKind::MemoryAccess) {
         scope.leave();
-        __builtin_longjmp(record->handler_escape, 1);
+        arch::escape_guarded_call(context, record->handler_escape);
+        return;
     }
 
     // A fault in a user handler.
-    if (record->handler_escape_armed && record->escape_kind == EscapeKind::Handler && record->current_probe != nullptr) {
+    if (record->handler_escape != 0 && record->escape_kind == EscapeKind::Handler && record->current_probe != nullptr) {
         ProbeRecord* probe = record->current_probe;
         if (probe->fault_handler != nullptr) {
             pt_regs regs;
@@ -339,7 +342,8 @@ void on_fault_signal(int signal, siginfo_t* info, void* context) {
             abort_for_handler_fault(line);
         if (!probe->fault_reported.exchange(true, std::memory_order_relaxed)) write_stderr(line);
         scope.leave();
-        __builtin_longjmp(record->handler_escape, 1);
+        arch::escape_guarded_call(context, record->handler_escape);
+        return;
     }
 
     // A fault of a displaced instruction in its slot or trampoline stub: the
@@ -366,7 +370,8 @@ void on_fault_signal(int signal, siginfo_t* info, void* context) {
 // point; the continuation is the word after it, where the relocated region
 // begins, unless a pre-handler redirected execution.
 template <bool Post>
-std::uint64_t optimized_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned vector_count) {
+[[gnu::always_inline]] inline std::uint64_t optimized_hit(pt_regs* regs, const std::uint8_t* vectors,
+                                                          unsigned vector_count, pt_regs* backup) {
     const std::uint64_t data = arch::trampoline_data_address(*regs);
     const std::uint64_t continuation = arch::trampoline_continuation(*regs);
     // The data word may be unaligned (after the post call's jump over it):
@@ -392,8 +397,10 @@ std::uint64_t optimized_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned
             return continuation;
         }
         const std::uint64_t entry_sp = regs->sp;
-        pt_regs before;
-        ProbeRecord* redirecting = run_pre_handlers(record, list, *regs, before);
+        arch::complete_trampoline_regs(*backup, point->address);
+        pt_regs scratch;
+        const pt_regs* before = backup;
+        ProbeRecord* redirecting = run_pre_handlers(record, list, *regs, scratch, before);
         if (redirecting == nullptr) return continuation;
         // The trampoline's frame lies below the probed code's stack by a
         // fixed allowance; a handler that lowered sp further cannot be
@@ -403,18 +410,20 @@ std::uint64_t optimized_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned
         if (!redirecting->fault_reported.exchange(true, std::memory_order_relaxed))
             write_stderr("ukprobes: a pre-handler of an optimized probe lowered sp by more than the "
                          "trampoline allows; the redirect was ignored (use UKP_NO_OPTIMIZE)\n");
-        copy_regs(*regs, before);
+        copy_regs(*regs, *before);
         return continuation;
     }
 }
 
 }  // namespace
 
-extern "C" std::uint64_t ukp_optimized_pre_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned count) {
-    return optimized_hit<false>(regs, vectors, count);
+extern "C" std::uint64_t ukp_optimized_pre_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned count,
+                                               pt_regs* backup) {
+    return optimized_hit<false>(regs, vectors, count, backup);
 }
-extern "C" std::uint64_t ukp_optimized_post_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned count) {
-    return optimized_hit<true>(regs, vectors, count);
+extern "C" std::uint64_t ukp_optimized_post_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned count,
+                                                pt_regs* backup) {
+    return optimized_hit<true>(regs, vectors, count, backup);
 }
 
 Result<void> install_trap_handlers() {

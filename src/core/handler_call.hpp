@@ -5,8 +5,12 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
+#include <type_traits>
 
+#include "arch/backend.hpp"
 #include "core/thread_state.hpp"
+#include "ukprobes/pt_regs.h"
 
 namespace ukp::core {
 
@@ -38,31 +42,42 @@ private:
     ThreadRecord* record_;
 };
 
-// Calls a user handler so that a fault inside it returns here instead of
-// reaching the program.  __builtin_setjmp saves only a frame and stack
-// pointer: no libc, no signal mask system call (our handlers run with
-// SA_NODEFER, so the mask needs no restoring).
-template <class Call>
-[[gnu::noinline]] bool call_guarded(ThreadRecord* record, EscapeKind kind, Call&& call) {
+// pt_regs by quadwords: the trampoline has just stored it one quadword at a
+// time, and wider (vector) loads would stall waiting for those stores.  Not
+// vectorized, not turned into a memcpy call (see CMakeLists.txt), unrolled.
+[[gnu::optimize("no-tree-vectorize", "unroll-loops")]] inline void copy_regs(pt_regs& to, const pt_regs& from) noexcept {
+    auto* target = reinterpret_cast<std::uint64_t*>(&to);
+    const auto* source = reinterpret_cast<const std::uint64_t*>(&from);
+    for (std::size_t i = 0; i < sizeof(pt_regs) / sizeof(std::uint64_t); ++i) target[i] = source[i];
+}
+
+// Calls `function(first, second, third)`, a handler with the C calling
+// convention and at most three pointer-sized arguments, so that a fault
+// inside it returns here instead of reaching the program (arch backend,
+// guarded_call).  `completed` is false when the call was abandoned; `value`
+// is the handler's integer result.
+inline arch::GuardedCallResult call_guarded(ThreadRecord* record, EscapeKind kind, const void* function,
+                                            void* first, void* second, void* third = nullptr) {
     EscapeKind outer = record->escape_kind;
-    bool saved_armed = record->handler_escape_armed;
-    // Only a nested call (an emulator access inside a handler's probe hit)
-    // has an outer escape point to keep.
-    void* saved_escape[5];
-    if (saved_armed)
-        for (int i = 0; i < 5; ++i) saved_escape[i] = record->handler_escape[i];
-    bool completed = false;
-    if (__builtin_setjmp(record->handler_escape) == 0) {
-        record->handler_escape_armed = true;
-        record->escape_kind = kind;
-        call();
-        completed = true;
-    }
+    record->escape_kind = kind;
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    auto result = arch::ukp_guarded_call(&record->handler_escape, function, first, second, third);
+    std::atomic_signal_fence(std::memory_order_seq_cst);
     record->escape_kind = outer;
-    if (saved_armed)
-        for (int i = 0; i < 5; ++i) record->handler_escape[i] = saved_escape[i];
-    record->handler_escape_armed = saved_armed;
-    return completed;
+    return result;
+}
+
+// The same for a callable: true when it completed.
+template <class Call>
+bool call_guarded(ThreadRecord* record, EscapeKind kind, Call&& call) {
+    using Callable = std::remove_reference_t<Call>;
+    auto invoke = +[](void* callable, void*, void*) -> int {
+        (*static_cast<Callable*>(callable))();
+        return 0;
+    };
+    return call_guarded(record, kind, reinterpret_cast<const void*>(invoke),
+                        const_cast<void*>(static_cast<const void*>(std::addressof(call))), nullptr)
+        .completed;
 }
 
 // Shows the handlers of one hit the probed context's vector registers;

@@ -105,17 +105,19 @@ private:
 
 // Pops the top instance for good.  `pending` is the last access to the
 // probe: after it, its owner may delete it.
-void release_top(ReturnStack& stack) noexcept {
+void release_top(ThreadRecord& record) noexcept {
+    auto& stack = record.return_stack;
     ReturnProbe* probe = stack.top()->probe;
     stack.pop();
-    probe->pending.fetch_sub(1, std::memory_order_release);
+    probe->pending.remove(record.index);
 }
 
-void drop_top_abandoned(ReturnStack& stack) noexcept {
+void drop_top_abandoned(ThreadRecord& record) noexcept {
+    auto& stack = record.return_stack;
     ReturnInstance* instance = stack.top();
     if (instance->armed) {
         instance->probe->nabandoned.fetch_add(1, std::memory_order_relaxed);
-        release_top(stack);
+        release_top(record);
     } else {
         stack.pop();  // an entry handler faulted before the hijack: never counted
     }
@@ -140,16 +142,16 @@ void unhook_this_thread() noexcept {
     while (ReturnInstance* instance = stack.top()) {
         auto* word = reinterpret_cast<std::uint64_t*>(instance->slot);
         if (instance->armed && instance->slot > here && *word == trampoline) *word = instance->return_address;
-        drop_top_abandoned(stack);
+        drop_top_abandoned(*record);
     }
 }
 
 }  // namespace
 
-void abandon_return_instance(ReturnInstance& instance) noexcept {
+void abandon_return_instance(ReturnInstance& instance, std::size_t thread_index) noexcept {
     if (!instance.armed) return;
     instance.probe->nabandoned.fetch_add(1, std::memory_order_relaxed);
-    instance.probe->pending.fetch_sub(1, std::memory_order_release);
+    instance.probe->pending.remove(thread_index);
 }
 
 int return_probe_entry(ReturnProbe& probe, pt_regs& regs) noexcept {
@@ -164,7 +166,7 @@ int return_probe_entry(ReturnProbe& probe, pt_regs& regs) noexcept {
     // Step 1.
     while (ReturnInstance* top = stack.top()) {
         if (!top->armed || top->slot < slot || (top->slot == slot && !tail_called))
-            drop_top_abandoned(stack);
+            drop_top_abandoned(*record);
         else
             break;
     }
@@ -200,7 +202,7 @@ int return_probe_entry(ReturnProbe& probe, pt_regs& regs) noexcept {
         return 0;
     }
     // Step 4.
-    probe.pending.fetch_add(1, std::memory_order_relaxed);
+    probe.pending.add(record->index);
     instance->armed = 1;
     *word = trampoline;
     return 0;
@@ -212,7 +214,7 @@ void retire_return_probe(ReturnProbe& probe) noexcept {
 }
 
 void release_return_probe(ReturnProbe* probe) noexcept {
-    if (probe != nullptr && probe->pending.load(std::memory_order_acquire) == 0) delete probe;
+    if (probe != nullptr && probe->pending.load() == 0) delete probe;
 }
 
 }  // namespace ukp::core
@@ -227,7 +229,7 @@ extern "C" __attribute__((visibility("hidden"))) std::uint64_t ukp_return_probe_
     auto& stack = record->return_stack;
     const std::uint64_t slot = arch::return_address_slot_at_return(*regs);
     // Step 1.
-    while (stack.top() != nullptr && stack.top()->slot < slot) drop_top_abandoned(stack);
+    while (stack.top() != nullptr && stack.top()->slot < slot) drop_top_abandoned(*record);
     ReturnInstance* instance = stack.top();
     if (instance == nullptr || instance->slot != slot || !instance->armed)
         fatal("ukprobes: a return probe's trampoline found no instance for its stack slot; aborting\n");
@@ -242,13 +244,15 @@ extern "C" __attribute__((visibility("hidden"))) std::uint64_t ukp_return_probe_
             // Guarded like every handler: a fault abandons the call (see
             // dispatch.cpp for the policy) as if it changed nothing, and the
             // return still completes.
-            pt_regs before = *regs;
-            if (!call_guarded(record, EscapeKind::Handler,
-                              [&] { (void)probe->return_handler(*probe, *instance, *regs); }))
-                *regs = before;
+            pt_regs before;
+            copy_regs(before, *regs);
+            if (!call_guarded(record, EscapeKind::Handler, reinterpret_cast<const void*>(probe->return_handler),
+                              probe, instance, regs)
+                     .completed)
+                copy_regs(*regs, before);
             regs->sp = sp;  // the trampoline returns with the stack as it is
         }
-        release_top(stack);
+        release_top(*record);
     }
     // Step 3.
     return return_address;

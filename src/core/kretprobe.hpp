@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/probe.hpp"
 #include "core/thread_state.hpp"
 #include "ukprobes/pt_regs.h"
 
@@ -26,6 +27,41 @@ namespace ukp::core {
 
 struct ReturnProbe;
 using ReturnHandlerFn = int (*)(ReturnProbe& probe, ReturnInstance& instance, pt_regs& regs);
+
+// Instances of one probe alive in any thread, counted per thread record
+// like ProbeRecord's hits (probe.hpp): a locked add at entry and a locked
+// subtract at return cost as much as the rest of the return path.  A shard
+// is written only by the thread that owns its record (or, after that
+// thread exited, by the next owner, who abandons its instances), so a
+// plain store does; the remover's store is a release, since it is the
+// last access to the probe.  Once no new instance can be made (the entry
+// probe is unregistered), shards only go down, so a sum of zero means
+// every shard was zero.
+struct PendingInstances {
+    std::atomic<std::uint64_t> shard[hit_shards] = {};
+
+    void add(std::size_t thread_index) noexcept {
+        if (thread_index < exclusive_hit_shards) {
+            auto& one = shard[thread_index];
+            one.store(one.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        } else {
+            shard[exclusive_hit_shards].fetch_add(1, std::memory_order_relaxed);
+        }
+    }
+    void remove(std::size_t thread_index) noexcept {
+        if (thread_index < exclusive_hit_shards) {
+            auto& one = shard[thread_index];
+            one.store(one.load(std::memory_order_relaxed) - 1, std::memory_order_release);
+        } else {
+            shard[exclusive_hit_shards].fetch_sub(1, std::memory_order_release);
+        }
+    }
+    [[nodiscard]] std::uint64_t load() const noexcept {
+        std::uint64_t total = 0;
+        for (const auto& one : shard) total += one.load(std::memory_order_acquire);
+        return total;
+    }
+};
 
 struct ReturnProbe {
     // Set by the front end before registration, constant while registered.
@@ -41,7 +77,7 @@ struct ReturnProbe {
     std::atomic<bool> gone{false};
     std::atomic<std::uint64_t> nmissed{0};     // maxactive reached, or no memory
     std::atomic<std::uint64_t> nabandoned{0};  // instances whose frame was left without return
-    std::atomic<std::uint64_t> pending{0};     // instances alive in any thread
+    PendingInstances pending;                  // instances alive in any thread
 
     void count_miss() noexcept {
         nmissed.fetch_add(1, std::memory_order_relaxed);

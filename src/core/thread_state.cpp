@@ -11,7 +11,7 @@ namespace ukp::core {
 
 namespace detail {
 std::atomic<ThreadChunk*> first_chunk{nullptr};
-thread_local ThreadRecord* this_thread = nullptr;
+thread_local constinit ThreadRecord* this_thread = nullptr;
 }
 
 namespace {
@@ -75,7 +75,7 @@ ThreadRecord* detail::claim_this_thread_record() noexcept {
     if (record == nullptr) return nullptr;
     // Instances left by the exited thread that held this record before.
     while (ReturnInstance* stale = record->return_stack.top()) {
-        abandon_return_instance(*stale);
+        abandon_return_instance(*stale, record->index);
         record->return_stack.pop();
     }
     release_stale_records_of(tid, record);

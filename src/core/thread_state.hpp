@@ -79,8 +79,9 @@ private:
 };
 
 // Releases an instance whose thread will never return through it (the
-// thread exited, or its frame was unwound); kretprobe.cpp.
-void abandon_return_instance(ReturnInstance& instance) noexcept;
+// thread exited, or its frame was unwound), on the thread that now owns the
+// record with index `thread_index`; kretprobe.cpp.
+void abandon_return_instance(ReturnInstance& instance, std::size_t thread_index) noexcept;
 
 struct ThreadRecord {
     std::atomic<int> tid{0};  // 0: free
@@ -90,9 +91,9 @@ struct ThreadRecord {
 
     // The probe whose handler runs now on this thread (kernel: current_kprobe).
     ProbeRecord* current_probe = nullptr;
-    // Where a faulting handler is abandoned to (see dispatch.cpp).
-    void* handler_escape[5] = {};
-    bool handler_escape_armed = false;
+    // Where a faulting handler is abandoned to (arch::ukp_guarded_call; 0:
+    // no guarded call runs), and what that call protects (dispatch.cpp).
+    std::uint64_t handler_escape = 0;
     EscapeKind escape_kind = EscapeKind::None;
     // The probed context's saved vector registers while its handlers run
     // (arch::VectorView's fields; null outside handlers).
@@ -106,7 +107,8 @@ struct ThreadRecord {
 
 namespace detail {
 // Static TLS (initial-exec, see CMakeLists.txt): one load from %fs.
-extern thread_local ThreadRecord* this_thread;
+// constinit: without it every use first tests for a TLS init function.
+extern thread_local constinit ThreadRecord* this_thread;
 [[nodiscard]] ThreadRecord* claim_this_thread_record() noexcept;
 }  // namespace detail
 

@@ -207,6 +207,31 @@ FUNCTION clobber_entry_function
         ret
 END clobber_entry_function
 
+# std::uint64_t flags_run(std::uint64_t flags): loads `flags`, calls an
+# entry probe site, passes a mid-function site, and returns the flags as
+# they are after both.  It returns with the flags the ABI expects (DF and AC
+# clear), whatever it was given or a handler set.
+FUNCTION flags_run
+        push rdi
+        popfq
+        call flags_entry_function
+        .globl flags_site
+flags_site:
+        lea r11, [r11 + 0]              # 4d 8d 5b 00
+        lea r11, [r11 + 0]              # 4d 8d 5b 00
+        pushfq
+        pop rax
+        push 0x202                      # IF and the reserved bit only
+        popfq
+        ret
+END flags_run
+
+FUNCTION flags_entry_function
+        lea r11, [r11 + 0]              # 4d 8d 5b 00
+        nop
+        ret
+END flags_entry_function
+
 # void single_step_run(void): sets TF, runs a few instructions, clears TF.
 # The program's own SIGTRAP handler sees one TRAP_TRACE per instruction.
 FUNCTION single_step_run

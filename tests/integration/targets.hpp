@@ -43,6 +43,10 @@ extern char vector_clobber_site[];
 void vector_entry_function(void);
 void vector_entry_run(const void* in, void* out);
 
+std::uint64_t flags_run(std::uint64_t flags);
+extern char flags_site[];
+void flags_entry_function(void);
+
 void single_step_run(void);
 extern char single_step_first[];
 }

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstring>
 #include <vector>
 
 #include "targets.hpp"
@@ -128,6 +129,49 @@ TEST(Signals, FaultInHandlerIsAbandonedCountedAndReported) {
     EXPECT_NE(reported.find("faulted (signal 11"), std::string::npos) << reported;
     EXPECT_EQ(reported.find("faulted", reported.find("faulted") + 1), std::string::npos) << "reported once";
 }
+
+// A faulting handler's register changes are undone on the optimized path
+// too, where the first handler's undo copy is the trampoline's backup and a
+// later handler's is a copy of what the handlers before it left.  Three
+// cases: the faulting handler alone; after a handler that changes nothing;
+// after one that changes r12 (which must stay changed).
+class FaultInOptimizedHandler : public ::testing::TestWithParam<int> {};
+
+TEST_P(FaultInOptimizedHandler, UndoesOnlyItsOwnRegisterChanges) {
+    const int handlers_before = GetParam();
+    clobber_state in{};
+    std::uint64_t* words = &in.rax;
+    for (int i = 0; i < 15; ++i) words[i] = 0x0101010101010101ull * (i + 1);
+    in.flags = 0x8d7 | 0x2 | 0x200;
+    clobber_state expected{}, probed{};
+    clobber_run(&in, &expected);
+    constexpr std::uint64_t changed_r12 = 0x1234;
+    if (handlers_before == 2) expected.r12 = changed_r12;
+
+    volatile int* null_pointer = reinterpret_cast<volatile int*>(0x10);  // unmapped
+    ukp::Kprobe first{.addr = clobber_site_boost, .pre_handler = [&](ukp::Kprobe&, ukp::Regs& regs) {
+                          if (handlers_before == 2) regs.r12 = changed_r12;
+                          return 0;
+                      }};
+    ukp::Kprobe faulting{.addr = clobber_site_boost, .pre_handler = [&](ukp::Kprobe&, ukp::Regs& regs) {
+                             std::uint64_t* fields = &regs.r15;
+                             for (std::size_t i = 0; i < sizeof regs / sizeof *fields; ++i) fields[i] = ~fields[i];
+                             return *null_pointer;
+                         }};
+    if (handlers_before > 0) {
+        ASSERT_TRUE(ukp::register_kprobe(first));
+    }
+    ASSERT_TRUE(ukp::register_kprobe(faulting));
+    ASSERT_EQ(ukp::list_probes().at(0).kind, "optimized") << ukp::format_probe_list();
+    ::testing::internal::CaptureStderr();
+    clobber_run(&in, &probed);
+    (void)::testing::internal::GetCapturedStderr();
+    EXPECT_EQ(faulting.nfault(), 1u);
+    EXPECT_EQ(std::memcmp(&expected, &probed, sizeof expected), 0);
+    EXPECT_EQ(probed.r12, expected.r12);
+}
+
+INSTANTIATE_TEST_SUITE_P(HandlersBefore, FaultInOptimizedHandler, ::testing::Values(0, 1, 2));
 
 TEST(Signals, FaultHandlerIsOfferedTheFaultFirst) {
     volatile int* null_pointer = reinterpret_cast<volatile int*>(0x10);  // unmapped; not nullptr, which is UB a sanitizer would stop

@@ -25,9 +25,10 @@
 //   S          the real return address, written before the exit
 //   S-8        the flags (pushfq)
 //   below      struct pt_regs, then the 64-byte aligned vector area
-// Exit: restore everything from pt_regs, rsp = S, `ret`: rip = the real
-// return address, rsp = S + 8, exactly what the caller expects.  A signal
-// arriving before the `ret` builds its frame below S - 128: [S] is safe.
+// Exit: restore everything from pt_regs, rsp = S + 8, `jmp [S]`: rip = the
+// real return address, rsp = S + 8, exactly what the caller expects.  A
+// signal arriving before the jump builds its frame below S + 8 - 128: [S]
+// is safe.
 #include <cpuid.h>
 
 #include <cstddef>
@@ -59,6 +60,7 @@ __attribute__((used)) static void define_return_trampoline() {
         ".intel_syntax noprefix\n"
         UKP_ASM_GPR_MACROS
         UKP_ASM_VECTOR_MACROS
+        UKP_ASM_FLAGS_MACRO
         R"(
         # A nop before the entry, so that a backtrace that looks up
         # "return address - 1" does not land in the previous function.
@@ -107,16 +109,19 @@ ukp_return_trampoline:
 5:
         UKP_RESTORE_LOW_VECTORS 15
         mov rsp, rbx
-        push qword ptr [rsp + %c[flags]]
-        popfq
+        UKP_RESTORE_FLAGS %c[regs_size]
         UKP_RESTORE_GPRS
-        # lea, not add: the flags are restored already.
-        lea rsp, [rsp + %c[regs_size] + 8]
-        ret
+        # lea, not add: the flags are restored already.  jmp, not ret: the
+        # function's own ret consumed the return-stack-buffer entry its
+        # caller's call pushed, so a ret here would pop the caller's entry
+        # and mispredict, and so would every return after it up the call
+        # chain.  [rsp - 8] is in the red zone, which a signal skips.
+        lea rsp, [rsp + %c[regs_size] + 16]
+        jmp qword ptr [rsp - 8]
         .size ukp_return_trampoline, .-ukp_return_trampoline
-        )" UKP_ASM_PURGE_GPR_MACROS UKP_ASM_PURGE_VECTOR_MACROS
+        )" UKP_ASM_PURGE_GPR_MACROS UKP_ASM_PURGE_VECTOR_MACROS UKP_ASM_PURGE_FLAGS_MACRO
         ".att_syntax prefix\n"
-        ".popsection\n" ::UKP_PT_REGS_OPERANDS, [vector_area] "i"(vector_area), [fnsave] "i"(fnsave_offset));
+        ".popsection\n" ::UKP_PT_REGS_OPERANDS, UKP_FLAGS_OPERANDS, [vector_area] "i"(vector_area), [fnsave] "i"(fnsave_offset));
 }
 
 }  // namespace ukp::x86

@@ -6,7 +6,11 @@
 //                       ProbePoint* word); later the continuation address
 //   [S-136-GAP, S-136)  room for a pre-handler that lowers regs.sp
 //   S-144-GAP           the flags, pushed first (nothing before changes them)
-//   below               struct pt_regs, then the 64-byte aligned vector area
+//   below               struct pt_regs; a second copy of its general
+//                       registers, flags and sp (the backup a faulting
+//                       handler's changes are undone from: written here
+//                       while the values are in registers, it costs less
+//                       than a copy in C++); the 64-byte aligned vector area
 //
 // Exit, the same for every outcome: the C++ side returns the continuation
 // C.  With T = regs.sp - 136 the body stores C at [T], restores every
@@ -60,6 +64,7 @@ __attribute__((used)) static void define_trampoline_bodies() {
         ".intel_syntax noprefix\n"
         UKP_ASM_GPR_MACROS
         UKP_ASM_VECTOR_MACROS
+        UKP_ASM_FLAGS_MACRO
         R"(
 
         # UKP_BODY name, last_low_vector (7 at entry, 15 elsewhere),
@@ -75,23 +80,28 @@ __attribute__((used)) static void define_trampoline_bodies() {
         pushfq
         lea rsp, [rsp - %c[regs_size]]
         UKP_SAVE_GPRS
+        UKP_SAVE_GPRS -%c[regs_size]
         mov rbx, rsp
         mov rax, [rbx + %c[regs_size]]
         mov [rbx + %c[flags]], rax
+        mov [rbx - %c[regs_size] + %c[flags]], rax
         lea rax, [rbx + %c[regs_size] + 8 + %c[gap] + 8 + 128]
         mov [rbx + %c[sp]], rax
+        mov [rbx - %c[regs_size] + %c[sp]], rax
         mov rax, [rbx + %c[regs_size] + 8 + %c[gap]]
         mov [rbx + %c[orig_ax]], rax
         cld
         # A program single-stepping itself must not step through the
-        # dispatcher and handlers: clear TF for the call (the exit's popfq
-        # restores it).  popfq is slow, so only when TF is set.
+        # dispatcher and handlers: clear TF for the call (the exit takes
+        # its popfq path then and restores it).  popfq is slow, so only
+        # when TF is set.
         test byte ptr [rbx + %c[flags] + 1], 1
         jz 10f
         pushfq
         and qword ptr [rsp], -0x101
         popfq
 10:
+        lea rsp, [rbx - %c[regs_size]]
         and rsp, -64
         sub rsp, %c[vector_area]
         mov ecx, 1
@@ -119,6 +129,7 @@ __attribute__((used)) static void define_trampoline_bodies() {
         mov rdi, rbx
         mov rsi, rsp                    # the saved vector registers
         mov edx, \last + 1
+        lea rcx, [rbx - %c[regs_size]]  # the backup
         call \function
 
         .if \mxcsr
@@ -150,8 +161,7 @@ __attribute__((used)) static void define_trampoline_bodies() {
         mov [rcx], rax
         mov [rbx + %c[orig_ax]], rcx
         mov rsp, rbx
-        push qword ptr [rsp + %c[flags]]
-        popfq
+        UKP_RESTORE_FLAGS %c[regs_size]
         UKP_RESTORE_GPRS
         mov rsp, [rsp + %c[orig_ax]]
         ret 128
@@ -171,9 +181,9 @@ ukp_trampoline_bodies_start:
         .hidden ukp_trampoline_bodies_end
 ukp_trampoline_bodies_end:
         .purgem UKP_BODY
-        )" UKP_ASM_PURGE_GPR_MACROS UKP_ASM_PURGE_VECTOR_MACROS
+        )" UKP_ASM_PURGE_GPR_MACROS UKP_ASM_PURGE_VECTOR_MACROS UKP_ASM_PURGE_FLAGS_MACRO
         ".att_syntax prefix\n"
-        ".popsection\n" ::UKP_PT_REGS_OPERANDS, [gap] "i"(gap), [vector_area] "i"(vector_area));
+        ".popsection\n" ::UKP_PT_REGS_OPERANDS, UKP_FLAGS_OPERANDS, [gap] "i"(gap), [vector_area] "i"(vector_area));
 }
 
 extern "C" char ukp_trampoline_bodies_start[], ukp_trampoline_bodies_end[];

@@ -108,6 +108,10 @@ struct StubLayout {
 
 // The C++ side of the bodies (src/core/dispatch.cpp).  `regs->orig_ax`
 // carries the return address of the stub's call; `vectors` the saved xmm
-// registers (64 bytes apart, `count` of them).  Returns where to continue.
-extern "C" std::uint64_t ukp_optimized_pre_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned count);
-extern "C" std::uint64_t ukp_optimized_post_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned count);
+// registers (64 bytes apart, `count` of them); `backup` the general
+// registers, flags and sp again (its other fields are not set).  Returns
+// where to continue.
+extern "C" std::uint64_t ukp_optimized_pre_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned count,
+                                               pt_regs* backup);
+extern "C" std::uint64_t ukp_optimized_post_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned count,
+                                                pt_regs* backup);
