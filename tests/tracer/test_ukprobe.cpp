@@ -125,9 +125,11 @@ TEST(Ukprobe, EnvironmentLooksUntouchedToTheProgram) {
 
 TEST(Ukprobe, EveryThreadsHitsAreTracedExactly) {
     constexpr int threads = 4, calls = 2000;
-    auto result = run(ukprobe({"run", "--format", "json", "-e", "p:work work a=%di:s32", "--", TRACEE, "threads",
-                               std::to_string(threads), std::to_string(calls)}));
-    auto events = lines_with(result.out, "\"event\":\"work\"");
+    std::string output = temp_path("threads.json");
+    auto result = run(ukprobe({"run", "--format", "json", "-o", output, "-e", "p:work work a=%di:s32", "--", TRACEE,
+                               "threads", std::to_string(threads), std::to_string(calls)}));
+    auto events = lines_with(read_file(output), "\"event\":\"work\"");
+    unlink(output.c_str());
     EXPECT_EQ(events.size(), static_cast<std::size_t>(threads * calls)) << result.err;
     std::map<int, int> per_thread;
     for (const auto& line : events) {

@@ -269,8 +269,12 @@ int run(const RunOptions& options) {
         }
     }
     std::unique_ptr<EventWriter> writer;
+    // Through the descriptor, not stdio: each write(2) then ends at an event
+    // boundary, so the program's own output, which shares stdout, lands
+    // between events rather than inside one (stdio would split a buffer at
+    // any byte).
     if (session_options.mode & mode_stream)
-        writer = make_writer(*format, out, {.flush_every_event = options.output.empty() && isatty(fileno(out))});
+        writer = make_writer(*format, fileno(out), {.flush_every_event = options.output.empty() && isatty(fileno(out))});
 
     // The terminal's Ctrl-C and Ctrl-\ are for the program; SIGTERM and
     // SIGHUP sent to us are passed on to it.
