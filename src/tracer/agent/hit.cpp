@@ -166,11 +166,33 @@ inline std::uint64_t load_element(const std::uint8_t* bytes, unsigned size) {
     }
 }
 
+std::size_t fetch_field_slow(const CompiledArg& arg, const Regs& regs, const std::uint64_t* entry_arguments,
+                             std::uint8_t* out, std::uint32_t string_limit, bool* faulted,
+                             Filter::Value* filter_value);
+
 // Writes one field at `out`; returns its length in the record.  Sets
 // `*faulted` when the program's memory could not be read, and fills
 // `filter_value` for the filter.
-std::size_t fetch_field(const CompiledArg& arg, const Regs& regs, const std::uint64_t* entry_arguments,
-                        std::uint8_t* out, std::uint32_t string_limit, bool* faulted, Filter::Value* filter_value) {
+inline std::size_t fetch_field(const CompiledArg& arg, const Regs& regs, const std::uint64_t* entry_arguments,
+                               std::uint8_t* out, std::uint32_t string_limit, bool* faulted,
+                               Filter::Value* filter_value) {
+    if (arg.register_scalar) {
+        std::uint64_t value = register_file(regs)[arg.register_index];
+        unsigned unused = 64u - arg.width_bits;
+        value = arg.is_signed ? static_cast<std::uint64_t>(static_cast<std::int64_t>(value << unused) >> unused)
+                              : (value << unused) >> unused;
+        __builtin_memcpy(out, &value, 8);
+        *faulted = false;
+        if (filter_value) *filter_value = {value, {}, false};
+        return 8;
+    }
+    return fetch_field_slow(arg, regs, entry_arguments, out, string_limit, faulted, filter_value);
+}
+
+[[gnu::noinline]] std::size_t fetch_field_slow(const CompiledArg& arg, const Regs& regs,
+                                               const std::uint64_t* entry_arguments, std::uint8_t* out,
+                                               std::uint32_t string_limit, bool* faulted,
+                                               Filter::Value* filter_value) {
     std::uint64_t value = 0;
     bool ok = base_value(arg, regs, entry_arguments, &value);
     // Every read but the last yields a pointer.
@@ -438,6 +460,12 @@ std::expected<CompiledEvent, std::string> compile_event(const Definition& defini
         for (const Dereference& deref : from.derefs) arg.derefs[reads++] = deref.offset;
         arg.deref_count = static_cast<std::uint8_t>(reads);
         arg.reads_memory = reads != 0;
+        bool integer = arg.kind == FetchType::Kind::Unsigned || arg.kind == FetchType::Kind::Signed ||
+                       arg.kind == FetchType::Kind::Hex || arg.kind == FetchType::Kind::Char ||
+                       arg.kind == FetchType::Kind::SymbolAddress || arg.kind == FetchType::Kind::SymbolString;
+        arg.register_scalar = from.root == FetchRoot::Register && reads == 0 && integer && arg.array_length == 0;
+        arg.is_signed = arg.kind == FetchType::Kind::Signed;
+        arg.width_bits = static_cast<std::uint8_t>(std::min(8u * arg.size, 64u));
         if (from.root == FetchRoot::StringImmediate) {
             std::size_t length = std::min<std::size_t>(from.string_value.size(), session.header().string_limit - 1);
             arg.string_value = from.string_value.data();

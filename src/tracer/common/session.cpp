@@ -183,29 +183,4 @@ std::uint64_t Session::to_nanoseconds(std::uint64_t timestamp) const noexcept {
     return header_->monotonic_base - static_cast<std::uint64_t>(delta >> header_->tsc_shift);
 }
 
-Reservation reserve(const Session& session, std::size_t index, std::uint32_t size) noexcept {
-    RingHeader& ring = session.ring(index);
-    const std::uint64_t capacity = session.header().ring_bytes;
-    std::uint64_t head = ring.head.load(std::memory_order_relaxed);
-    const std::uint64_t tail = ring.tail.load(std::memory_order_acquire);
-    std::uint64_t offset = head & (capacity - 1);
-    std::uint64_t padding = capacity - offset < size ? capacity - offset : 0;
-    if (head + padding + size - tail > capacity) return {};
-    std::uint8_t* data = session.ring_data(index);
-    if (padding != 0) {
-        auto* filler = reinterpret_cast<RecordHeader*>(data + offset);
-        filler->size = static_cast<std::uint32_t>(padding);
-        filler->event = padding_event;
-        head += padding;
-        offset = 0;
-    }
-    return {data + offset, head + size};
-}
-
-void commit(const Session& session, std::size_t index, const Reservation& reservation, std::uint32_t reserved,
-            std::uint32_t size) noexcept {
-    reinterpret_cast<RecordHeader*>(reservation.data)->size = size;
-    session.ring(index).head.store(reservation.head - reserved + size, std::memory_order_release);
-}
-
 }  // namespace ukp::tracer
