@@ -133,6 +133,22 @@ ModuleMatch module_by_file(const std::string& path) {
     return match;
 }
 
+// A probe at a raw address, named by the nearest exported symbol when
+// there is one ("sym+0x1c"), else by the address.
+PendingTarget target_at(std::uint64_t address) {
+    PendingTarget target;
+    target.address = address;
+    Dl_info info{};
+    if (dladdr(reinterpret_cast<void*>(address), &info) != 0 && info.dli_sname != nullptr) {
+        target.name = info.dli_sname;
+        target.offset = address - reinterpret_cast<std::uint64_t>(info.dli_saddr);
+        target.function = fmt::format("{}+{:#x}", target.name, target.offset);
+    } else {
+        target.function = fmt::format("{:#x}", address);
+    }
+    return target;
+}
+
 // PATH:OFFSET: the file offset's runtime address, through the PT_LOAD
 // segment that maps it.
 std::expected<PendingTarget, std::string> file_offset_target(const Place& place) {
@@ -141,16 +157,7 @@ std::expected<PendingTarget, std::string> file_offset_target(const Place& place)
     for (const auto& header : module.headers) {
         if (header.p_type != PT_LOAD || !(header.p_flags & PF_X)) continue;
         if (place.offset < header.p_offset || place.offset >= header.p_offset + header.p_filesz) continue;
-        PendingTarget target;
-        target.address = module.bias + header.p_vaddr + (place.offset - header.p_offset);
-        Dl_info info{};
-        if (dladdr(reinterpret_cast<void*>(target.address), &info) != 0 && info.dli_sname != nullptr) {
-            target.name = info.dli_sname;
-            target.offset = target.address - reinterpret_cast<std::uint64_t>(info.dli_saddr);
-            target.function = fmt::format("{}+{:#x}", target.name, target.offset);
-        } else {
-            target.function = fmt::format("{:#x}", target.address);
-        }
+        PendingTarget target = target_at(module.bias + header.p_vaddr + (place.offset - header.p_offset));
         std::string_view base(module.name);
         target.module = std::string(base.substr(base.rfind('/') + 1));
         return target;
@@ -167,17 +174,7 @@ std::vector<PendingTarget> targets_of(const Definition& definition, bool* not_lo
     *not_loaded = false;
     switch (place.form) {
     case Place::Form::Address: {
-        PendingTarget target;
-        target.address = place.address;
-        Dl_info info{};
-        if (dladdr(reinterpret_cast<void*>(place.address), &info) != 0 && info.dli_sname != nullptr) {
-            target.name = info.dli_sname;
-            target.offset = place.address - reinterpret_cast<std::uint64_t>(info.dli_saddr);
-            target.function = fmt::format("{}+{:#x}", target.name, target.offset);
-        } else {
-            target.function = fmt::format("{:#x}", place.address);
-        }
-        targets.push_back(target);
+        targets.push_back(target_at(place.address));
         return targets;
     }
     case Place::Form::FileOffset: {
