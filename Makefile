@@ -27,7 +27,7 @@ test: build
 
 # The kernel-uprobe rows need tracefs.  As root without a mounted tracefs,
 # mount one in a private mount namespace for this run only.
-# UBSan over everything; ASan (with UBSan) over the unit layers only: ASan
+# UBSan over everything; ASan (with UBSan) over the pure layers only: ASan
 # intercepts sigaction and the fault signals itself, which the engine must
 # own, so the engine's tests run under UBSan alone.
 SANITIZE_FLAGS = -DUKP_BUILD_BENCH=OFF -DCMAKE_CXX_FLAGS=-fno-sanitize-recover=undefined
@@ -36,9 +36,11 @@ test-sanitize: deps
 	@cmake --build $(BUILD)-ubsan -j $(JOBS)
 	cd $(BUILD)-ubsan && ctest --output-on-failure -j $(JOBS)
 	@cmake -S . -B $(BUILD)-asan -DUKP_SANITIZE=address,undefined $(SANITIZE_FLAGS) >/dev/null
-	@cmake --build $(BUILD)-asan -j $(JOBS) --target ukp_x86_tests ukp_elf_tests
+	@cmake --build $(BUILD)-asan -j $(JOBS) --target ukp_x86_tests ukp_elf_tests ukp_tracer_definition_tests ukp_tracer_output_tests
 	$(BUILD)-asan/tests/ukp_x86_tests
 	$(BUILD)-asan/tests/ukp_elf_tests
+	$(BUILD)-asan/tests/ukp_tracer_definition_tests
+	$(BUILD)-asan/tests/ukp_tracer_output_tests
 
 bench: build
 	@if [ ! -w /sys/kernel/tracing/uprobe_events ] && [ "$$(id -u)" = 0 ] && command -v unshare >/dev/null; then \
