@@ -89,12 +89,62 @@ Result<void> Engine::Batch::flush(std::vector<Write>& writes) {
     return {};
 }
 
-Result<void> Engine::Batch::sync() {
-    if (auto flushed = flush(slot_writes_); !flushed) return flushed;
-    if (auto flushed = flush(text_writes_); !flushed) return flushed;
+void Engine::Batch::remove_jump(std::uint64_t address, std::span<const std::uint8_t> original) {
+    queue(jump_heads_, address, arch::breakpoint_bytes);
+    queue(jump_tails_, address + 1, original.subspan(1, arch::optimized_jump_length - 1));
+    removed_jumps_.push_back(address);
+}
+
+Result<void> Engine::Batch::sync_cores() {
     if (!unsynced_) return {};
     unsynced_ = false;
     return os::sync_all_cores();
+}
+
+Result<void> Engine::Batch::write_jump_removals() {
+    // The tails must not land before every thread sees the breakpoints, and
+    // the batch's other text (a disarm's original first byte) not before
+    // every thread sees the tails.
+    if (auto flushed = flush(jump_heads_); !flushed) return flushed;
+    if (auto synced = sync_cores(); !synced) return synced;
+    if (auto flushed = flush(jump_tails_); !flushed) return flushed;
+    return sync_cores();
+}
+
+Result<void> Engine::Batch::sync() {
+    if (auto flushed = flush(slot_writes_); !flushed) return flushed;
+    if (!removed_jumps_.empty()) {
+        auto removed = write_jump_removals();
+        if (!removed) {
+            // Any of these jumps may still be whole, and a later write over
+            // one would tear it: drop those writes.  The points stay armed
+            // and optimized (sync_locked).
+            std::erase_if(text_writes_, [&](const Write& write) {
+                return std::any_of(removed_jumps_.begin(), removed_jumps_.end(), [&](std::uint64_t jump) {
+                    return write.address < jump + arch::optimized_jump_length && jump < write.address + write.length;
+                });
+            });
+            jump_heads_.clear();
+            jump_tails_.clear();
+        }
+        removed_jumps_.clear();
+        if (!removed) return removed;
+    }
+    if (auto flushed = flush(text_writes_); !flushed) return flushed;
+    return sync_cores();
+}
+
+Result<void> Engine::sync_locked(Batch& batch) {
+    auto synced = batch.sync();
+    for (ProbePoint* point : batch.unoptimizing) {
+        point->removing_jump = false;
+        if (synced)
+            finish_unoptimizing_locked(*point);
+        else
+            point->armed = true;  // its jump, or the breakpoint over it, is still there
+    }
+    batch.unoptimizing.clear();
+    return synced;
 }
 
 Engine& Engine::instance() {
@@ -357,7 +407,7 @@ void Engine::publish_handlers_locked(ProbePoint& point, std::vector<ProbeRecord*
     if (previous) retired_lists_.emplace_back(previous);
     // The stub calls the post body or not: rebuild it when that changed.
     if (point.optimization.load() != Optimization::None && point.optimized.with_post_handler != has_post) {
-        (void)unoptimize_locked(point, batch, "its handlers changed");
+        unoptimize_locked(point, batch, "its handlers changed");
         batch.touched.push_back(&point);
     }
 }
@@ -371,8 +421,9 @@ Result<void> Engine::update_arming_locked(ProbePoint& point, Batch& batch) {
     if (wanted) {
         batch.write_text(point.address, arch::breakpoint_bytes);
     } else {
-        // A jump cannot be turned back into the original byte directly.
-        if (auto unoptimized = unoptimize_locked(point, batch, "disarmed"); !unoptimized) return unoptimized;
+        // A jump cannot be turned back into the original byte directly: the
+        // batch removes it first, and writes this byte after.
+        unoptimize_locked(point, batch, "disarmed");
         batch.write_text(point.address, std::span(point.original.data(), arch::breakpoint_bytes.size()));
         recently_disarmed.add(point.address);
     }
@@ -389,7 +440,8 @@ Result<void> Engine::register_one_locked(ProbeRecord& record, const ProbeTarget&
     if (!address) return std::unexpected(address.error());
     // A probe inside another's displaced region: that one goes back to int3
     // first, so the bytes read below are the program's.
-    unoptimize_enclosing_locked(*address, batch);
+    if (unoptimize_enclosing_locked(*address, batch))
+        if (auto synced = sync_locked(batch); !synced) return synced;
     if (auto checked = check_probe_address_locked(*address); !checked) return checked;
 
     ProbePoint* point = table.find(*address);
@@ -434,9 +486,10 @@ void Engine::unregister_one_locked(ProbeRecord& record, Batch& batch) {
 }
 
 Result<void> Engine::finish_batch_locked(Batch& batch) {
-    Result<void> synced{};
-    synced = batch.sync();
+    Result<void> synced = sync_locked(batch);
     for (ProbePoint* point : batch.points_to_remove) {
+        // Its jump could not be removed: it stays, with no records.
+        if (point->armed) continue;
         table.remove(point->address);
         retired_points_.push_back(point);
     }

@@ -111,17 +111,25 @@ private:
     // a system call per byte patched), followed by one core sync.
     // Ordering: slot memory (slots and stubs, which nothing reaches yet)
     // is written before program text (breakpoints and jumps, which make
-    // them reachable); within a class, later writes win.
+    // them reachable); within a class, later writes win.  Jumps being
+    // removed (unoptimizing, optimizer.cpp) go back to int3 in two synced
+    // steps of their own, for the whole batch at once, before any other
+    // text: a disarm queued after the removal writes the original first
+    // byte, which must not land while the jump's tail is still there.
     class Batch {
     public:
         void write_slot(std::uint64_t address, std::span<const std::uint8_t> bytes) { queue(slot_writes_, address, bytes); }
         void write_text(std::uint64_t address, std::span<const std::uint8_t> bytes) { queue(text_writes_, address, bytes); }
+        // Unoptimizing's steps 1 and 2: the breakpoint over the jump's first
+        // byte, then (after a core sync) the original bytes 1..4.
+        void remove_jump(std::uint64_t address, std::span<const std::uint8_t> original);
         // Writes everything queued, then makes every thread see it.
         [[nodiscard]] Result<void> sync();
         [[nodiscard]] bool has_changes() const { return changed_; }
 
         std::vector<ProbePoint*> points_to_remove;
         std::vector<ProbePoint*> touched;  // candidates for (re)optimization
+        std::vector<ProbePoint*> unoptimizing;  // whose jumps remove_jump() queued
 
     private:
         // Inline storage: thousands of writes per batch, no allocation each.
@@ -138,7 +146,11 @@ private:
             std::copy_n(bytes.begin(), write.length, write.bytes.begin());
         }
         [[nodiscard]] Result<void> flush(std::vector<Write>& writes);
+        [[nodiscard]] Result<void> sync_cores();
+        [[nodiscard]] Result<void> write_jump_removals();
         std::vector<Write> slot_writes_, text_writes_;
+        std::vector<Write> jump_heads_, jump_tails_;  // remove_jump()'s two steps
+        std::vector<std::uint64_t> removed_jumps_;    // their addresses
         std::optional<os::CodeWriter> writer_;
         bool changed_ = false;   // anything written by this batch
         bool unsynced_ = false;  // written since the last core sync
@@ -149,6 +161,8 @@ private:
     [[nodiscard]] Result<void> register_one_locked(ProbeRecord& record, const ProbeTarget& target, Batch& batch);
     void unregister_one_locked(ProbeRecord& record, Batch& batch);
     [[nodiscard]] Result<void> finish_batch_locked(Batch& batch);
+    // batch.sync(), then the last step of unoptimizing its points.
+    [[nodiscard]] Result<void> sync_locked(Batch& batch);
     [[nodiscard]] Result<ProbePoint*> create_point_locked(std::uint64_t address, Batch& batch);
     [[nodiscard]] Result<void> check_probe_address_locked(std::uint64_t address);
     [[nodiscard]] std::vector<std::uint8_t> read_original_code(std::uint64_t address, std::size_t length) const;
@@ -161,8 +175,12 @@ private:
 
     // Optimization (optimizer.cpp).
     void optimize_locked(std::vector<ProbePoint*> points);
-    [[nodiscard]] Result<void> unoptimize_locked(ProbePoint& point, Batch& batch, std::string reason);
-    void unoptimize_enclosing_locked(std::uint64_t address, Batch& batch);
+    // Takes effect at the batch's next sync (sync_locked) for an optimized
+    // point, at once for a pending one.
+    void unoptimize_locked(ProbePoint& point, Batch& batch, std::string reason);
+    void finish_unoptimizing_locked(ProbePoint& point);
+    // Whether a jump removal was queued.
+    bool unoptimize_enclosing_locked(std::uint64_t address, Batch& batch);
     [[nodiscard]] std::string why_not_optimize_locked(const ProbePoint& point);
     void complete_optimizations_locked();
 

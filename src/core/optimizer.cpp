@@ -24,6 +24,10 @@
 //   1. Write the breakpoint over the jump's first byte, sync: a thread that
 //      arrives traps, and the dispatcher still sends it to the trampoline.
 //   2. Write back the original bytes 1..4, sync.
+//   Steps 1 and 2 run at the batch's sync, for all the jumps it removes at
+//   once (two core syncs per batch, not per point), and before the batch's
+//   other text writes: a disarm's original first byte lands only after
+//   step 2, so no thread ever sees it in front of the jump's tail.
 //   3. Mark the point None: the int3 path takes over.  The stub is retired
 //      and freed after a grace period (no thread in it, none in the shared
 //      trampoline code, none in the dispatcher).
@@ -45,7 +49,7 @@ void Engine::set_optimization(bool enabled) {
     table.for_each([&](ProbePoint* point) { points.push_back(point); });
     for (ProbePoint* point : points) {
         if (!enabled && point->optimization.load() != Optimization::None)
-            (void)unoptimize_locked(*point, batch, "optimization is switched off");
+            unoptimize_locked(*point, batch, "optimization is switched off");
         if (enabled) batch.touched.push_back(point);
     }
     (void)finish_batch_locked(batch);
@@ -194,35 +198,43 @@ void Engine::complete_optimizations_locked() {
     });
 }
 
-Result<void> Engine::unoptimize_locked(ProbePoint& point, Batch& batch, std::string reason) {
+void Engine::unoptimize_locked(ProbePoint& point, Batch& batch, std::string reason) {
     Optimization state = point.optimization.load();
-    if (state == Optimization::None) return {};
-    if (state == Optimization::Optimized) {
-        // Steps 1 and 2.
-        batch.write_text(point.address, arch::breakpoint_bytes);
-        if (auto synced = batch.sync(); !synced) return synced;
-        std::span<const std::uint8_t> original(point.optimized.original);
-        batch.write_text(point.address + 1, original.subspan(1, arch::optimized_jump_length - 1));
-        if (auto synced = batch.sync(); !synced) return synced;
+    if (state == Optimization::None || point.removing_jump) return;
+    point.not_optimized = std::move(reason);
+    if (state == Optimization::Pending) {
+        finish_unoptimizing_locked(point);
+        return;
     }
+    // Steps 1 and 2, at the batch's sync, with every other jump it removes:
+    // one sync per step for the batch.  Until then the point stays Optimized,
+    // which is what the code still says (read_original_code relies on it).
+    point.removing_jump = true;
+    batch.remove_jump(point.address, point.optimized.original);
+    batch.unoptimizing.push_back(&point);
+}
+
+void Engine::finish_unoptimizing_locked(ProbePoint& point) {
     // Step 3.
     point.optimization.store(Optimization::None, std::memory_order_seq_cst);
     std::erase(pending_optimizations_, &point);
     retired_trampolines_.push_back(point.trampoline.load());
-    point.not_optimized = std::move(reason);
-    return {};
 }
 
-void Engine::unoptimize_enclosing_locked(std::uint64_t address, Batch& batch) {
+bool Engine::unoptimize_enclosing_locked(std::uint64_t address, Batch& batch) {
+    bool queued = false;
     // A DCR is shorter than 5 + 15 bytes: look back that far for its start.
     for (std::uint64_t back = 1; back < arch::optimized_jump_length + arch::max_insn_length; ++back) {
         if (address < back) break;
         ProbePoint* point = table.find(address - back);
         if (point == nullptr || point->optimization.load() == Optimization::None) continue;
-        if (address < point->address + arch::region_length(point->optimized))
-            (void)unoptimize_locked(*point, batch,
-                                    fmt::format("the probe at {:#x} lies inside the displaced region", address));
+        if (address < point->address + arch::region_length(point->optimized)) {
+            queued = queued || point->optimization.load() == Optimization::Optimized;
+            unoptimize_locked(*point, batch,
+                              fmt::format("the probe at {:#x} lies inside the displaced region", address));
+        }
     }
+    return queued;
 }
 
 }  // namespace ukp::core

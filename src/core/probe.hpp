@@ -107,6 +107,8 @@ struct ProbePoint {
     // retired stub, which lives until a grace period proves no thread uses it.
     std::atomic<std::uint64_t> trampoline{0};
     arch::OptimizedRegion optimized{};  // valid while not None
+    // Optimized, and a batch queued the removal of its jump (registry lock).
+    bool removing_jump = false;
     std::string not_optimized;          // why not, for listings (registry lock)
 };
 
