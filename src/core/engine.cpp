@@ -321,7 +321,7 @@ bool Engine::is_blacklisted(std::uint64_t address, std::size_t length) {
     for (auto [start, end] : blacklist_)
         if (address < end && address + length > start) return true;
     for (std::uint64_t inside : blacklisted_functions_) {
-        auto function = symbols_locked().function_containing(inside);
+        auto function = symbols_locked().function_bounds_containing(inside);
         std::uint64_t start = function ? function->address : inside;
         std::uint64_t end = function ? start + std::max<std::uint64_t>(function->size, 1) : inside + 1;
         if (address < end && address + length > start) return true;
@@ -360,14 +360,15 @@ Result<void> Engine::check_probe_address_locked(std::uint64_t address) {
                                       hex(address)));
     // As tracefs does for sym+offs: decode from the function's start.
     // A function's first byte is a boundary by definition: no decode needed.
-    if (auto function = symbols_locked().function_containing(address);
+    if (auto function = symbols_locked().function_bounds_containing(address);
         function && function->size != 0 && function->address != address) {
         auto code = read_original_code(function->address, address - function->address + arch::max_insn_length);
         auto boundary = arch::check_boundary(code, function->address, address);
         if (!boundary) {
             auto error = boundary.error();
-            error.message = fmt::format("{}+{:#x} ({}): {}", function->name, address - function->address,
-                                        hex(address), error.message);
+            auto named = symbols_locked().function_containing(address);
+            error.message = fmt::format("{}+{:#x} ({}): {}", named ? named->name : hex(function->address),
+                                        address - function->address, hex(address), error.message);
             return std::unexpected(error);
         }
     }
@@ -571,6 +572,7 @@ Result<void> Engine::register_probes(std::span<ProbeRecord* const> records, std:
     // (what the program installed becomes its recorded disposition).
     os::check_signal_ownership();
     Batch batch;
+    batch.reserve(records.size(), records.size());  // a slot and a breakpoint per new point
     for (std::size_t i = 0; i < records.size(); ++i) {
         auto registered = register_one_locked(*records[i], targets[i], batch);
         if (registered) continue;

@@ -123,6 +123,12 @@ private:
         // Unoptimizing's steps 1 and 2: the breakpoint over the jump's first
         // byte, then (after a core sync) the original bytes 1..4.
         void remove_jump(std::uint64_t address, std::span<const std::uint8_t> original);
+        // Room for `slots` slot writes and `texts` text writes: a Write is
+        // 144 bytes, and growing a queue of thousands copies them all.
+        void reserve(std::size_t slots, std::size_t texts) {
+            slot_writes_.reserve(slots);
+            text_writes_.reserve(texts);
+        }
         // Writes everything queued, then makes every thread see it.
         [[nodiscard]] Result<void> sync();
         [[nodiscard]] bool has_changes() const { return changed_; }
@@ -201,6 +207,8 @@ private:
 
     bool optimization_enabled_ = true;
     std::vector<ProbePoint*> pending_optimizations_;  // Pending, waiting for threads to leave
+    std::size_t points_with_stubs_ = 0;  // Pending or Optimized: lets most registrations skip
+                                         // looking for an enclosing region
 };
 
 // The grace periods (grace_period.cpp).

@@ -75,6 +75,7 @@ void Engine::optimize_locked(std::vector<ProbePoint*> points) {
     std::sort(points.begin(), points.end());
     points.erase(std::unique(points.begin(), points.end()), points.end());
     Batch batch;
+    batch.reserve(points.size(), 0);  // a stub per point
     std::vector<ProbePoint*> ready;
     std::vector<std::uint64_t> stubs;
     for (ProbePoint* point : points) {
@@ -85,7 +86,7 @@ void Engine::optimize_locked(std::vector<ProbePoint*> points) {
             point->not_optimized = std::move(reason);
             continue;
         }
-        auto function = symbols_locked().function_containing(point->address);
+        auto function = symbols_locked().function_bounds_containing(point->address);
         if (!function || function->size == 0) {
             point->not_optimized = "no function symbol gives the bounds of the code around the probe";
             continue;
@@ -139,6 +140,7 @@ void Engine::optimize_locked(std::vector<ProbePoint*> points) {
         ProbePoint* point = ready[i];
         point->trampoline.store(stubs[i], std::memory_order_seq_cst);
         point->optimization.store(Optimization::Pending, std::memory_order_seq_cst);
+        ++points_with_stubs_;
         point->not_optimized = "waiting for threads to leave the displaced region";
     }
     pending_optimizations_.insert(pending_optimizations_.end(), ready.begin(), ready.end());
@@ -218,12 +220,14 @@ void Engine::unoptimize_locked(ProbePoint& point, Batch& batch, std::string reas
 void Engine::finish_unoptimizing_locked(ProbePoint& point) {
     // Step 3.
     point.optimization.store(Optimization::None, std::memory_order_seq_cst);
+    --points_with_stubs_;
     std::erase(pending_optimizations_, &point);
     retired_trampolines_.push_back(point.trampoline.load());
 }
 
 bool Engine::unoptimize_enclosing_locked(std::uint64_t address, Batch& batch) {
     bool queued = false;
+    if (points_with_stubs_ == 0) return queued;
     // A DCR is shorter than 5 + 15 bytes: look back that far for its start.
     for (std::uint64_t back = 1; back < arch::optimized_jump_length + arch::max_insn_length; ++back) {
         if (address < back) break;
