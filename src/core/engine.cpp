@@ -31,7 +31,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <map>
 #include <fmt/format.h>
 
 #include "core/thread_state.hpp"
@@ -58,31 +57,47 @@ Result<void> Engine::Batch::flush(std::vector<Write>& writes) {
         if (!opened) return std::unexpected(opened.error());
         writer_.emplace(std::move(*opened));
     }
-    // Split at page boundaries and group by page, keeping queue order.
+    // Split at page boundaries and group by page, keeping queue order: a
+    // stable sort of the pieces by page (queues are mostly in address order
+    // already, as slots are handed out bottom up).
+    struct Piece {
+        std::uint64_t page_start;
+        std::uint64_t at;
+        std::span<const std::uint8_t> bytes;
+    };
     const std::uint64_t page = os::page_size();
-    std::map<std::uint64_t, std::vector<std::pair<std::uint64_t, std::span<const std::uint8_t>>>> pages;
+    std::vector<Piece> pieces;
+    pieces.reserve(writes.size() + writes.size() / 8 + 1);
     for (const auto& write : writes) {
         std::span<const std::uint8_t> rest(write.bytes.data(), write.length);
         for (std::uint64_t at = write.address; !rest.empty();) {
             std::uint64_t page_start = at / page * page;
             std::size_t here = std::min<std::size_t>(rest.size(), page_start + page - at);
-            pages[page_start].emplace_back(at, rest.first(here));
+            pieces.push_back({page_start, at, rest.first(here)});
             rest = rest.subspan(here);
             at += here;
         }
     }
-    for (const auto& [page_start, parts] : pages) {
+    auto by_page = [](const Piece& a, const Piece& b) { return a.page_start < b.page_start; };
+    if (!std::is_sorted(pieces.begin(), pieces.end(), by_page))
+        std::stable_sort(pieces.begin(), pieces.end(), by_page);
+    std::vector<std::uint8_t> span;
+    for (auto first = pieces.begin(); first != pieces.end();) {
+        auto last = std::find_if(first, pieces.end(),
+                                 [&](const Piece& piece) { return piece.page_start != first->page_start; });
         std::uint64_t low = UINT64_MAX, high = 0;
-        for (const auto& [at, bytes] : parts) {
-            low = std::min(low, at);
-            high = std::max(high, at + bytes.size());
+        for (auto piece = first; piece != last; ++piece) {
+            low = std::min(low, piece->at);
+            high = std::max(high, piece->at + piece->bytes.size());
         }
         // The bytes between writes are what is there now: code only changes
         // under the registry lock, which we hold.
-        std::vector<std::uint8_t> span(high - low);
+        span.resize(high - low);
         std::memcpy(span.data(), reinterpret_cast<const void*>(low), span.size());
-        for (const auto& [at, bytes] : parts) std::memcpy(span.data() + (at - low), bytes.data(), bytes.size());
+        for (auto piece = first; piece != last; ++piece)
+            std::memcpy(span.data() + (piece->at - low), piece->bytes.data(), piece->bytes.size());
         if (auto written = writer_->write(low, span); !written) return written;
+        first = last;
     }
     writes.clear();
     changed_ = unsynced_ = true;

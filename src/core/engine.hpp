@@ -189,6 +189,7 @@ private:
     bool unoptimize_enclosing_locked(std::uint64_t address, Batch& batch);
     [[nodiscard]] std::string why_not_optimize_locked(const ProbePoint& point);
     void complete_optimizations_locked();
+    void try_completing_optimizations_locked();
 
     std::mutex lock_;
     bool initialized_ = false;

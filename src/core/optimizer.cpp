@@ -141,13 +141,13 @@ void Engine::optimize_locked(std::vector<ProbePoint*> points) {
         point->trampoline.store(stubs[i], std::memory_order_seq_cst);
         point->optimization.store(Optimization::Pending, std::memory_order_seq_cst);
         ++points_with_stubs_;
-        point->not_optimized = "waiting for threads to leave the displaced region";
+        point->not_optimized.clear();
     }
     pending_optimizations_.insert(pending_optimizations_.end(), ready.begin(), ready.end());
     complete_optimizations_locked();
 }
 
-void Engine::complete_optimizations_locked() {
+void Engine::try_completing_optimizations_locked() {
     std::erase_if(pending_optimizations_, [&](ProbePoint* point) {
         return table.find(point->address) != point || point->optimization.load() != Optimization::Pending;
     });
@@ -199,6 +199,14 @@ void Engine::complete_optimizations_locked() {
     std::erase_if(pending_optimizations_, [](ProbePoint* point) {
         return point->optimization.load() == Optimization::Optimized;
     });
+}
+
+void Engine::complete_optimizations_locked() {
+    try_completing_optimizations_locked();
+    // Said only of the points that stay Pending: a string per point of a
+    // batch costs an allocation each.
+    for (ProbePoint* point : pending_optimizations_)
+        if (point->not_optimized.empty()) point->not_optimized = "waiting for threads to leave the displaced region";
 }
 
 void Engine::unoptimize_locked(ProbePoint& point, Batch& batch, std::string reason) {

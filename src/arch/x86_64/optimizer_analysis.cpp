@@ -173,7 +173,7 @@ Verdict<FunctionScan> scan_function(std::span<const std::uint8_t> code, std::uin
     FunctionScan scan;
     // Most instructions are only classified here, which needs no operands;
     // those whose checks read operands are decoded again with them.
-    Insn insn;
+    Insn scratch;
     std::size_t covered_from_probe = 0;
     scan.from_probe.reserve(2);  // what most regions hold; an Insn is over a kilobyte
     std::size_t offset = 0;
@@ -185,15 +185,15 @@ Verdict<FunctionScan> scan_function(std::span<const std::uint8_t> code, std::uin
                                probed->address == probe_address && probed->length <= bytes.size() &&
                                std::ranges::equal(probed->code(), bytes.first(probed->length));
         if (is_probed) {
-            insn = *probed;
             scan.first_was_probed = true;
-        } else if (auto decoded = decode_into(bytes, start + offset, insn, in_region); !decoded) {
+        } else if (auto decoded = decode_into(bytes, start + offset, scratch, in_region); !decoded) {
             return refuse(OptimizeBlocker::UndecodableFunction, decoded.error().message);
         }
+        const Insn& insn = is_probed ? *probed : scratch;
         const bool needs_operands =
             is_indirect_jump(insn) || insn.info.encoding != ZYDIS_INSTRUCTION_ENCODING_LEGACY;
         if (needs_operands && !in_region) {
-            if (auto decoded = decode_into(bytes, start + offset, insn, true); !decoded) {
+            if (auto decoded = decode_into(bytes, start + offset, scratch, true); !decoded) {
                 return refuse(OptimizeBlocker::UndecodableFunction, decoded.error().message);
             }
         }
@@ -213,7 +213,7 @@ Verdict<FunctionScan> scan_function(std::span<const std::uint8_t> code, std::uin
             scan.computed_jump = insn;
         }
         offset += insn.length;
-        if (ends_control_flow(insn) && is_rest_padding(code, start, offset, insn)) {
+        if (ends_control_flow(insn) && is_rest_padding(code, start, offset, scratch)) {
             break;
         }
     }
