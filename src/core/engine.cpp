@@ -117,6 +117,7 @@ Result<void> Engine::Batch::sync_cores() {
 }
 
 Result<void> Engine::Batch::write_jump_removals() {
+    if (jump_heads_.empty()) return {};
     // The tails must not land before every thread sees the breakpoints, and
     // the batch's other text (a disarm's original first byte) not before
     // every thread sees the tails.
@@ -127,24 +128,23 @@ Result<void> Engine::Batch::write_jump_removals() {
 }
 
 Result<void> Engine::Batch::sync() {
-    if (auto flushed = flush(slot_writes_); !flushed) return flushed;
-    if (!removed_jumps_.empty()) {
-        auto removed = write_jump_removals();
-        if (!removed) {
-            // Any of these jumps may still be whole, and a later write over
-            // one would tear it: drop those writes.  The points stay armed
-            // and optimized (sync_locked).
-            std::erase_if(text_writes_, [&](const Write& write) {
-                return std::any_of(removed_jumps_.begin(), removed_jumps_.end(), [&](std::uint64_t jump) {
-                    return write.address < jump + arch::optimized_jump_length && jump < write.address + write.length;
-                });
+    auto written = flush(slot_writes_);
+    if (written) written = write_jump_removals();
+    if (!written) {
+        // Any jump this batch was removing may still be whole, and a later
+        // write over one would tear it: drop those writes, and the removals
+        // (their points stay armed and optimized, sync_locked).
+        std::erase_if(text_writes_, [&](const Write& write) {
+            return std::any_of(removed_jumps_.begin(), removed_jumps_.end(), [&](std::uint64_t jump) {
+                return write.address < jump + arch::optimized_jump_length && jump < write.address + write.length;
             });
-            jump_heads_.clear();
-            jump_tails_.clear();
-        }
+        });
+        jump_heads_.clear();
+        jump_tails_.clear();
         removed_jumps_.clear();
-        if (!removed) return removed;
+        return written;
     }
+    removed_jumps_.clear();
     if (auto flushed = flush(text_writes_); !flushed) return flushed;
     return sync_cores();
 }
