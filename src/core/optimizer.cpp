@@ -170,7 +170,9 @@ void Engine::try_completing_optimizations_locked() {
     if (clear.empty()) return;
     // Step 5.
     Batch batch;
+    batch.reserve(0, clear.size());
     std::vector<ProbePoint*> patched;
+    patched.reserve(clear.size());
     for (ProbePoint* point : clear) {
         auto jump = arch::optimized_jump(point->optimized, point->trampoline);
         if (!jump) {
