@@ -298,7 +298,8 @@ Result<std::uint64_t> Engine::resolve_locked(const ProbeTarget& target) {
     return symbol->address + target.offset;
 }
 
-std::vector<std::uint8_t> Engine::read_original_code(std::uint64_t address, std::size_t length) const {
+std::vector<std::uint8_t> Engine::read_original_code(std::uint64_t address, std::size_t length,
+                                                     std::size_t undone) const {
     std::vector<std::uint8_t> code(length);
     // Inside a module's executable segment the bytes are mapped and
     // readable: copy them directly, up to the segment's end.  Elsewhere read
@@ -318,7 +319,7 @@ std::vector<std::uint8_t> Engine::read_original_code(std::uint64_t address, std:
     }
     // Our breakpoints and jumps are not the program's code: put the original
     // bytes back.  Only bytes that could be ours need a table lookup.
-    for (std::size_t i = 0; i < code.size(); ++i) {
+    for (std::size_t i = 0; i < std::min(code.size(), undone); ++i) {
         if (code[i] != arch::breakpoint_bytes[0] && code[i] != arch::optimized_jump_first_byte) continue;
         const ProbePoint* other = table.find(address + i);
         if (other == nullptr) continue;
@@ -390,9 +391,24 @@ Result<void> Engine::check_probe_address_locked(std::uint64_t address) {
     return {};
 }
 
+bool Engine::may_be_ours(std::span<const std::uint8_t> code) {
+    return std::any_of(code.begin(), code.end(), [](std::uint8_t byte) {
+        return byte == arch::breakpoint_bytes[0] || byte == arch::optimized_jump_first_byte;
+    });
+}
+
 Result<ProbePoint*> Engine::create_point_locked(std::uint64_t address, Batch& batch) {
-    auto code = read_original_code(address, arch::max_insn_length);
+    // Only the probed instruction's own bytes matter, but where it ends is
+    // known only once it is decoded: decode with the first byte undone, and
+    // again with all of them when one of the instruction's later bytes may
+    // be a breakpoint or jump of ours.  (The padding after a function is
+    // often 0xCC, a table lookup per byte.)
+    auto code = read_original_code(address, arch::max_insn_length, 1);
     auto prepared = arch::prepare_insn(address, code);
+    if (!prepared || may_be_ours(std::span(code).subspan(1, arch::insn_length(*prepared) - 1))) {
+        code = read_original_code(address, arch::max_insn_length);
+        prepared = arch::prepare_insn(address, code);
+    }
     if (!prepared) return std::unexpected(prepared.error());
     auto length = arch::insn_length(*prepared);
 
@@ -406,7 +422,7 @@ Result<ProbePoint*> Engine::create_point_locked(std::uint64_t address, Batch& ba
     batch.write_slot(*slot, slot_code);
     auto* point = new ProbePoint();
     point->address = address;
-    std::copy_n(code.begin(), std::min(code.size(), point->original.size()), point->original.begin());
+    std::copy_n(code.begin(), std::min<std::size_t>(length, point->original.size()), point->original.begin());
     point->insn = *prepared;
     point->slot = *slot;
     slots.set_owner(*slot, point);

@@ -170,8 +170,14 @@ private:
     // batch.sync(), then the last step of unoptimizing its points.
     [[nodiscard]] Result<void> sync_locked(Batch& batch);
     [[nodiscard]] Result<ProbePoint*> create_point_locked(std::uint64_t address, Batch& batch);
+    // Whether any of these bytes could be a breakpoint or jump we wrote.
+    [[nodiscard]] static bool may_be_ours(std::span<const std::uint8_t> code);
     [[nodiscard]] Result<void> check_probe_address_locked(std::uint64_t address);
-    [[nodiscard]] std::vector<std::uint8_t> read_original_code(std::uint64_t address, std::size_t length) const;
+    // The program's bytes, with our breakpoints and jumps undone in the
+    // first `undone` bytes (each 0xCC or jump opcode there costs a table
+    // lookup); past them the bytes are as they are in memory.
+    [[nodiscard]] std::vector<std::uint8_t> read_original_code(std::uint64_t address, std::size_t length,
+                                                               std::size_t undone = SIZE_MAX) const;
     [[nodiscard]] const elf::SymbolIndex& symbols_locked();
     void publish_handlers_locked(ProbePoint& point, std::vector<ProbeRecord*> probes, Batch& batch);
     [[nodiscard]] Result<void> update_arming_locked(ProbePoint& point, Batch& batch);
