@@ -113,9 +113,10 @@ struct Memory {
 
 // Decides whether the probe at `address` can be optimized, on the original
 // bytes of its whole function; the error is the reason it cannot.
+// `probed` is the probe's instruction as prepare_insn() saw it.
 [[nodiscard]] std::expected<OptimizedRegion, std::string> plan_optimization(
     std::span<const std::uint8_t> function_code, std::uint64_t function_start, std::uint64_t address,
-    bool with_post_handler);
+    const PreparedInsn& probed, bool with_post_handler);
 [[nodiscard]] std::uint64_t region_start(const OptimizedRegion& plan) noexcept;
 [[nodiscard]] std::size_t region_length(const OptimizedRegion& plan) noexcept;
 

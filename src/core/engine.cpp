@@ -31,7 +31,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <map>
 #include <fmt/format.h>
 
 #include "core/thread_state.hpp"
@@ -58,43 +57,109 @@ Result<void> Engine::Batch::flush(std::vector<Write>& writes) {
         if (!opened) return std::unexpected(opened.error());
         writer_.emplace(std::move(*opened));
     }
-    // Split at page boundaries and group by page, keeping queue order.
+    // Split at page boundaries and group by page, keeping queue order: a
+    // stable sort of the pieces by page (queues are mostly in address order
+    // already, as slots are handed out bottom up).
+    struct Piece {
+        std::uint64_t page_start;
+        std::uint64_t at;
+        std::span<const std::uint8_t> bytes;
+    };
     const std::uint64_t page = os::page_size();
-    std::map<std::uint64_t, std::vector<std::pair<std::uint64_t, std::span<const std::uint8_t>>>> pages;
+    std::vector<Piece> pieces;
+    pieces.reserve(writes.size() + writes.size() / 8 + 1);
     for (const auto& write : writes) {
         std::span<const std::uint8_t> rest(write.bytes.data(), write.length);
         for (std::uint64_t at = write.address; !rest.empty();) {
             std::uint64_t page_start = at / page * page;
             std::size_t here = std::min<std::size_t>(rest.size(), page_start + page - at);
-            pages[page_start].emplace_back(at, rest.first(here));
+            pieces.push_back({page_start, at, rest.first(here)});
             rest = rest.subspan(here);
             at += here;
         }
     }
-    for (const auto& [page_start, parts] : pages) {
+    auto by_page = [](const Piece& a, const Piece& b) { return a.page_start < b.page_start; };
+    if (!std::is_sorted(pieces.begin(), pieces.end(), by_page))
+        std::stable_sort(pieces.begin(), pieces.end(), by_page);
+    std::vector<std::uint8_t> span;
+    for (auto first = pieces.begin(); first != pieces.end();) {
+        auto last = std::find_if(first, pieces.end(),
+                                 [&](const Piece& piece) { return piece.page_start != first->page_start; });
         std::uint64_t low = UINT64_MAX, high = 0;
-        for (const auto& [at, bytes] : parts) {
-            low = std::min(low, at);
-            high = std::max(high, at + bytes.size());
+        for (auto piece = first; piece != last; ++piece) {
+            low = std::min(low, piece->at);
+            high = std::max(high, piece->at + piece->bytes.size());
         }
         // The bytes between writes are what is there now: code only changes
         // under the registry lock, which we hold.
-        std::vector<std::uint8_t> span(high - low);
+        span.resize(high - low);
         std::memcpy(span.data(), reinterpret_cast<const void*>(low), span.size());
-        for (const auto& [at, bytes] : parts) std::memcpy(span.data() + (at - low), bytes.data(), bytes.size());
+        for (auto piece = first; piece != last; ++piece)
+            std::memcpy(span.data() + (piece->at - low), piece->bytes.data(), piece->bytes.size());
         if (auto written = writer_->write(low, span); !written) return written;
+        first = last;
     }
     writes.clear();
     changed_ = unsynced_ = true;
     return {};
 }
 
-Result<void> Engine::Batch::sync() {
-    if (auto flushed = flush(slot_writes_); !flushed) return flushed;
-    if (auto flushed = flush(text_writes_); !flushed) return flushed;
+void Engine::Batch::remove_jump(std::uint64_t address, std::span<const std::uint8_t> original) {
+    queue(jump_heads_, address, arch::breakpoint_bytes);
+    queue(jump_tails_, address + 1, original.subspan(1, arch::optimized_jump_length - 1));
+    removed_jumps_.push_back(address);
+}
+
+Result<void> Engine::Batch::sync_cores() {
     if (!unsynced_) return {};
     unsynced_ = false;
     return os::sync_all_cores();
+}
+
+Result<void> Engine::Batch::write_jump_removals() {
+    if (jump_heads_.empty()) return {};
+    // The tails must not land before every thread sees the breakpoints, and
+    // the batch's other text (a disarm's original first byte) not before
+    // every thread sees the tails.
+    if (auto flushed = flush(jump_heads_); !flushed) return flushed;
+    if (auto synced = sync_cores(); !synced) return synced;
+    if (auto flushed = flush(jump_tails_); !flushed) return flushed;
+    return sync_cores();
+}
+
+Result<void> Engine::Batch::sync() {
+    auto written = flush(slot_writes_);
+    if (written) written = write_jump_removals();
+    if (!written) {
+        // Any jump this batch was removing may still be whole, and a later
+        // write over one would tear it: drop those writes, and the removals
+        // (their points stay armed and optimized, sync_locked).
+        std::erase_if(text_writes_, [&](const Write& write) {
+            return std::any_of(removed_jumps_.begin(), removed_jumps_.end(), [&](std::uint64_t jump) {
+                return write.address < jump + arch::optimized_jump_length && jump < write.address + write.length;
+            });
+        });
+        jump_heads_.clear();
+        jump_tails_.clear();
+        removed_jumps_.clear();
+        return written;
+    }
+    removed_jumps_.clear();
+    if (auto flushed = flush(text_writes_); !flushed) return flushed;
+    return sync_cores();
+}
+
+Result<void> Engine::sync_locked(Batch& batch) {
+    auto synced = batch.sync();
+    for (ProbePoint* point : batch.unoptimizing) {
+        point->removing_jump = false;
+        if (synced)
+            finish_unoptimizing_locked(*point);
+        else
+            point->armed = true;  // its jump, or the breakpoint over it, is still there
+    }
+    batch.unoptimizing.clear();
+    return synced;
 }
 
 Engine& Engine::instance() {
@@ -233,7 +298,8 @@ Result<std::uint64_t> Engine::resolve_locked(const ProbeTarget& target) {
     return symbol->address + target.offset;
 }
 
-std::vector<std::uint8_t> Engine::read_original_code(std::uint64_t address, std::size_t length) const {
+std::vector<std::uint8_t> Engine::read_original_code(std::uint64_t address, std::size_t length,
+                                                     std::size_t undone) const {
     std::vector<std::uint8_t> code(length);
     // Inside a module's executable segment the bytes are mapped and
     // readable: copy them directly, up to the segment's end.  Elsewhere read
@@ -253,7 +319,7 @@ std::vector<std::uint8_t> Engine::read_original_code(std::uint64_t address, std:
     }
     // Our breakpoints and jumps are not the program's code: put the original
     // bytes back.  Only bytes that could be ours need a table lookup.
-    for (std::size_t i = 0; i < code.size(); ++i) {
+    for (std::size_t i = 0; i < std::min(code.size(), undone); ++i) {
         if (code[i] != arch::breakpoint_bytes[0] && code[i] != arch::optimized_jump_first_byte) continue;
         const ProbePoint* other = table.find(address + i);
         if (other == nullptr) continue;
@@ -271,7 +337,7 @@ bool Engine::is_blacklisted(std::uint64_t address, std::size_t length) {
     for (auto [start, end] : blacklist_)
         if (address < end && address + length > start) return true;
     for (std::uint64_t inside : blacklisted_functions_) {
-        auto function = symbols_locked().function_containing(inside);
+        auto function = symbols_locked().function_bounds_containing(inside);
         std::uint64_t start = function ? function->address : inside;
         std::uint64_t end = function ? start + std::max<std::uint64_t>(function->size, 1) : inside + 1;
         if (address < end && address + length > start) return true;
@@ -310,23 +376,39 @@ Result<void> Engine::check_probe_address_locked(std::uint64_t address) {
                                       hex(address)));
     // As tracefs does for sym+offs: decode from the function's start.
     // A function's first byte is a boundary by definition: no decode needed.
-    if (auto function = symbols_locked().function_containing(address);
+    if (auto function = symbols_locked().function_bounds_containing(address);
         function && function->size != 0 && function->address != address) {
         auto code = read_original_code(function->address, address - function->address + arch::max_insn_length);
         auto boundary = arch::check_boundary(code, function->address, address);
         if (!boundary) {
             auto error = boundary.error();
-            error.message = fmt::format("{}+{:#x} ({}): {}", function->name, address - function->address,
-                                        hex(address), error.message);
+            auto named = symbols_locked().function_containing(address);
+            error.message = fmt::format("{}+{:#x} ({}): {}", named ? named->name : hex(function->address),
+                                        address - function->address, hex(address), error.message);
             return std::unexpected(error);
         }
     }
     return {};
 }
 
+bool Engine::may_be_ours(std::span<const std::uint8_t> code) {
+    return std::any_of(code.begin(), code.end(), [](std::uint8_t byte) {
+        return byte == arch::breakpoint_bytes[0] || byte == arch::optimized_jump_first_byte;
+    });
+}
+
 Result<ProbePoint*> Engine::create_point_locked(std::uint64_t address, Batch& batch) {
-    auto code = read_original_code(address, arch::max_insn_length);
+    // Only the probed instruction's own bytes matter, but where it ends is
+    // known only once it is decoded: decode with the first byte undone, and
+    // again with all of them when one of the instruction's later bytes may
+    // be a breakpoint or jump of ours.  (The padding after a function is
+    // often 0xCC, a table lookup per byte.)
+    auto code = read_original_code(address, arch::max_insn_length, 1);
     auto prepared = arch::prepare_insn(address, code);
+    if (!prepared || may_be_ours(std::span(code).subspan(1, arch::insn_length(*prepared) - 1))) {
+        code = read_original_code(address, arch::max_insn_length);
+        prepared = arch::prepare_insn(address, code);
+    }
     if (!prepared) return std::unexpected(prepared.error());
     auto length = arch::insn_length(*prepared);
 
@@ -340,7 +422,7 @@ Result<ProbePoint*> Engine::create_point_locked(std::uint64_t address, Batch& ba
     batch.write_slot(*slot, slot_code);
     auto* point = new ProbePoint();
     point->address = address;
-    std::copy_n(code.begin(), std::min(code.size(), point->original.size()), point->original.begin());
+    std::copy_n(code.begin(), std::min<std::size_t>(length, point->original.size()), point->original.begin());
     point->insn = *prepared;
     point->slot = *slot;
     slots.set_owner(*slot, point);
@@ -357,7 +439,7 @@ void Engine::publish_handlers_locked(ProbePoint& point, std::vector<ProbeRecord*
     if (previous) retired_lists_.emplace_back(previous);
     // The stub calls the post body or not: rebuild it when that changed.
     if (point.optimization.load() != Optimization::None && point.optimized.with_post_handler != has_post) {
-        (void)unoptimize_locked(point, batch, "its handlers changed");
+        unoptimize_locked(point, batch, "its handlers changed");
         batch.touched.push_back(&point);
     }
 }
@@ -371,8 +453,9 @@ Result<void> Engine::update_arming_locked(ProbePoint& point, Batch& batch) {
     if (wanted) {
         batch.write_text(point.address, arch::breakpoint_bytes);
     } else {
-        // A jump cannot be turned back into the original byte directly.
-        if (auto unoptimized = unoptimize_locked(point, batch, "disarmed"); !unoptimized) return unoptimized;
+        // A jump cannot be turned back into the original byte directly: the
+        // batch removes it first, and writes this byte after.
+        unoptimize_locked(point, batch, "disarmed");
         batch.write_text(point.address, std::span(point.original.data(), arch::breakpoint_bytes.size()));
         recently_disarmed.add(point.address);
     }
@@ -389,7 +472,8 @@ Result<void> Engine::register_one_locked(ProbeRecord& record, const ProbeTarget&
     if (!address) return std::unexpected(address.error());
     // A probe inside another's displaced region: that one goes back to int3
     // first, so the bytes read below are the program's.
-    unoptimize_enclosing_locked(*address, batch);
+    if (unoptimize_enclosing_locked(*address, batch))
+        if (auto synced = sync_locked(batch); !synced) return synced;
     if (auto checked = check_probe_address_locked(*address); !checked) return checked;
 
     ProbePoint* point = table.find(*address);
@@ -434,9 +518,10 @@ void Engine::unregister_one_locked(ProbeRecord& record, Batch& batch) {
 }
 
 Result<void> Engine::finish_batch_locked(Batch& batch) {
-    Result<void> synced{};
-    synced = batch.sync();
+    Result<void> synced = sync_locked(batch);
     for (ProbePoint* point : batch.points_to_remove) {
+        // Its jump could not be removed: it stays, with no records.
+        if (point->armed) continue;
         table.remove(point->address);
         retired_points_.push_back(point);
     }
@@ -518,6 +603,7 @@ Result<void> Engine::register_probes(std::span<ProbeRecord* const> records, std:
     // (what the program installed becomes its recorded disposition).
     os::check_signal_ownership();
     Batch batch;
+    batch.reserve(records.size(), records.size());  // a slot and a breakpoint per new point
     for (std::size_t i = 0; i < records.size(); ++i) {
         auto registered = register_one_locked(*records[i], targets[i], batch);
         if (registered) continue;

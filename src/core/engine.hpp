@@ -111,17 +111,31 @@ private:
     // a system call per byte patched), followed by one core sync.
     // Ordering: slot memory (slots and stubs, which nothing reaches yet)
     // is written before program text (breakpoints and jumps, which make
-    // them reachable); within a class, later writes win.
+    // them reachable); within a class, later writes win.  Jumps being
+    // removed (unoptimizing, optimizer.cpp) go back to int3 in two synced
+    // steps of their own, for the whole batch at once, before any other
+    // text: a disarm queued after the removal writes the original first
+    // byte, which must not land while the jump's tail is still there.
     class Batch {
     public:
         void write_slot(std::uint64_t address, std::span<const std::uint8_t> bytes) { queue(slot_writes_, address, bytes); }
         void write_text(std::uint64_t address, std::span<const std::uint8_t> bytes) { queue(text_writes_, address, bytes); }
+        // Unoptimizing's steps 1 and 2: the breakpoint over the jump's first
+        // byte, then (after a core sync) the original bytes 1..4.
+        void remove_jump(std::uint64_t address, std::span<const std::uint8_t> original);
+        // Room for `slots` slot writes and `texts` text writes: a Write is
+        // 144 bytes, and growing a queue of thousands copies them all.
+        void reserve(std::size_t slots, std::size_t texts) {
+            slot_writes_.reserve(slots);
+            text_writes_.reserve(texts);
+        }
         // Writes everything queued, then makes every thread see it.
         [[nodiscard]] Result<void> sync();
         [[nodiscard]] bool has_changes() const { return changed_; }
 
         std::vector<ProbePoint*> points_to_remove;
         std::vector<ProbePoint*> touched;  // candidates for (re)optimization
+        std::vector<ProbePoint*> unoptimizing;  // whose jumps remove_jump() queued
 
     private:
         // Inline storage: thousands of writes per batch, no allocation each.
@@ -138,7 +152,11 @@ private:
             std::copy_n(bytes.begin(), write.length, write.bytes.begin());
         }
         [[nodiscard]] Result<void> flush(std::vector<Write>& writes);
+        [[nodiscard]] Result<void> sync_cores();
+        [[nodiscard]] Result<void> write_jump_removals();
         std::vector<Write> slot_writes_, text_writes_;
+        std::vector<Write> jump_heads_, jump_tails_;  // remove_jump()'s two steps
+        std::vector<std::uint64_t> removed_jumps_;    // their addresses
         std::optional<os::CodeWriter> writer_;
         bool changed_ = false;   // anything written by this batch
         bool unsynced_ = false;  // written since the last core sync
@@ -149,9 +167,17 @@ private:
     [[nodiscard]] Result<void> register_one_locked(ProbeRecord& record, const ProbeTarget& target, Batch& batch);
     void unregister_one_locked(ProbeRecord& record, Batch& batch);
     [[nodiscard]] Result<void> finish_batch_locked(Batch& batch);
+    // batch.sync(), then the last step of unoptimizing its points.
+    [[nodiscard]] Result<void> sync_locked(Batch& batch);
     [[nodiscard]] Result<ProbePoint*> create_point_locked(std::uint64_t address, Batch& batch);
+    // Whether any of these bytes could be a breakpoint or jump we wrote.
+    [[nodiscard]] static bool may_be_ours(std::span<const std::uint8_t> code);
     [[nodiscard]] Result<void> check_probe_address_locked(std::uint64_t address);
-    [[nodiscard]] std::vector<std::uint8_t> read_original_code(std::uint64_t address, std::size_t length) const;
+    // The program's bytes, with our breakpoints and jumps undone in the
+    // first `undone` bytes (each 0xCC or jump opcode there costs a table
+    // lookup); past them the bytes are as they are in memory.
+    [[nodiscard]] std::vector<std::uint8_t> read_original_code(std::uint64_t address, std::size_t length,
+                                                               std::size_t undone = SIZE_MAX) const;
     [[nodiscard]] const elf::SymbolIndex& symbols_locked();
     void publish_handlers_locked(ProbePoint& point, std::vector<ProbeRecord*> probes, Batch& batch);
     [[nodiscard]] Result<void> update_arming_locked(ProbePoint& point, Batch& batch);
@@ -161,10 +187,15 @@ private:
 
     // Optimization (optimizer.cpp).
     void optimize_locked(std::vector<ProbePoint*> points);
-    [[nodiscard]] Result<void> unoptimize_locked(ProbePoint& point, Batch& batch, std::string reason);
-    void unoptimize_enclosing_locked(std::uint64_t address, Batch& batch);
+    // Takes effect at the batch's next sync (sync_locked) for an optimized
+    // point, at once for a pending one.
+    void unoptimize_locked(ProbePoint& point, Batch& batch, std::string reason);
+    void finish_unoptimizing_locked(ProbePoint& point);
+    // Whether a jump removal was queued.
+    bool unoptimize_enclosing_locked(std::uint64_t address, Batch& batch);
     [[nodiscard]] std::string why_not_optimize_locked(const ProbePoint& point);
     void complete_optimizations_locked();
+    void try_completing_optimizations_locked();
 
     std::mutex lock_;
     bool initialized_ = false;
@@ -183,6 +214,8 @@ private:
 
     bool optimization_enabled_ = true;
     std::vector<ProbePoint*> pending_optimizations_;  // Pending, waiting for threads to leave
+    std::size_t points_with_stubs_ = 0;  // Pending or Optimized: lets most registrations skip
+                                         // looking for an enclosing region
 };
 
 // The grace periods (grace_period.cpp).

@@ -24,6 +24,10 @@
 //   1. Write the breakpoint over the jump's first byte, sync: a thread that
 //      arrives traps, and the dispatcher still sends it to the trampoline.
 //   2. Write back the original bytes 1..4, sync.
+//   Steps 1 and 2 run at the batch's sync, for all the jumps it removes at
+//   once (two core syncs per batch, not per point), and before the batch's
+//   other text writes: a disarm's original first byte lands only after
+//   step 2, so no thread ever sees it in front of the jump's tail.
 //   3. Mark the point None: the int3 path takes over.  The stub is retired
 //      and freed after a grace period (no thread in it, none in the shared
 //      trampoline code, none in the dispatcher).
@@ -45,7 +49,7 @@ void Engine::set_optimization(bool enabled) {
     table.for_each([&](ProbePoint* point) { points.push_back(point); });
     for (ProbePoint* point : points) {
         if (!enabled && point->optimization.load() != Optimization::None)
-            (void)unoptimize_locked(*point, batch, "optimization is switched off");
+            unoptimize_locked(*point, batch, "optimization is switched off");
         if (enabled) batch.touched.push_back(point);
     }
     (void)finish_batch_locked(batch);
@@ -71,6 +75,7 @@ void Engine::optimize_locked(std::vector<ProbePoint*> points) {
     std::sort(points.begin(), points.end());
     points.erase(std::unique(points.begin(), points.end()), points.end());
     Batch batch;
+    batch.reserve(points.size(), 0);  // a stub per point
     std::vector<ProbePoint*> ready;
     std::vector<std::uint64_t> stubs;
     for (ProbePoint* point : points) {
@@ -81,14 +86,15 @@ void Engine::optimize_locked(std::vector<ProbePoint*> points) {
             point->not_optimized = std::move(reason);
             continue;
         }
-        auto function = symbols_locked().function_containing(point->address);
+        auto function = symbols_locked().function_bounds_containing(point->address);
         if (!function || function->size == 0) {
             point->not_optimized = "no function symbol gives the bounds of the code around the probe";
             continue;
         }
         auto code = read_original_code(function->address, function->size);
         const HandlerList* list = point->handlers.load(std::memory_order_relaxed);
-        auto plan = arch::plan_optimization(code, function->address, point->address, list->has_post_handler);
+        auto plan = arch::plan_optimization(code, function->address, point->address, point->insn,
+                                            list->has_post_handler);
         if (!plan) {
             point->not_optimized = std::move(plan.error());
             continue;
@@ -134,13 +140,14 @@ void Engine::optimize_locked(std::vector<ProbePoint*> points) {
         ProbePoint* point = ready[i];
         point->trampoline.store(stubs[i], std::memory_order_seq_cst);
         point->optimization.store(Optimization::Pending, std::memory_order_seq_cst);
-        point->not_optimized = "waiting for threads to leave the displaced region";
+        ++points_with_stubs_;
+        point->not_optimized.clear();
     }
     pending_optimizations_.insert(pending_optimizations_.end(), ready.begin(), ready.end());
     complete_optimizations_locked();
 }
 
-void Engine::complete_optimizations_locked() {
+void Engine::try_completing_optimizations_locked() {
     std::erase_if(pending_optimizations_, [&](ProbePoint* point) {
         return table.find(point->address) != point || point->optimization.load() != Optimization::Pending;
     });
@@ -163,7 +170,9 @@ void Engine::complete_optimizations_locked() {
     if (clear.empty()) return;
     // Step 5.
     Batch batch;
+    batch.reserve(0, clear.size());
     std::vector<ProbePoint*> patched;
+    patched.reserve(clear.size());
     for (ProbePoint* point : clear) {
         auto jump = arch::optimized_jump(point->optimized, point->trampoline);
         if (!jump) {
@@ -194,35 +203,53 @@ void Engine::complete_optimizations_locked() {
     });
 }
 
-Result<void> Engine::unoptimize_locked(ProbePoint& point, Batch& batch, std::string reason) {
-    Optimization state = point.optimization.load();
-    if (state == Optimization::None) return {};
-    if (state == Optimization::Optimized) {
-        // Steps 1 and 2.
-        batch.write_text(point.address, arch::breakpoint_bytes);
-        if (auto synced = batch.sync(); !synced) return synced;
-        std::span<const std::uint8_t> original(point.optimized.original);
-        batch.write_text(point.address + 1, original.subspan(1, arch::optimized_jump_length - 1));
-        if (auto synced = batch.sync(); !synced) return synced;
-    }
-    // Step 3.
-    point.optimization.store(Optimization::None, std::memory_order_seq_cst);
-    std::erase(pending_optimizations_, &point);
-    retired_trampolines_.push_back(point.trampoline.load());
-    point.not_optimized = std::move(reason);
-    return {};
+void Engine::complete_optimizations_locked() {
+    try_completing_optimizations_locked();
+    // Said only of the points that stay Pending: a string per point of a
+    // batch costs an allocation each.
+    for (ProbePoint* point : pending_optimizations_)
+        if (point->not_optimized.empty()) point->not_optimized = "waiting for threads to leave the displaced region";
 }
 
-void Engine::unoptimize_enclosing_locked(std::uint64_t address, Batch& batch) {
+void Engine::unoptimize_locked(ProbePoint& point, Batch& batch, std::string reason) {
+    Optimization state = point.optimization.load();
+    if (state == Optimization::None || point.removing_jump) return;
+    point.not_optimized = std::move(reason);
+    if (state == Optimization::Pending) {
+        finish_unoptimizing_locked(point);
+        return;
+    }
+    // Steps 1 and 2, at the batch's sync, with every other jump it removes:
+    // one sync per step for the batch.  Until then the point stays Optimized,
+    // which is what the code still says (read_original_code relies on it).
+    point.removing_jump = true;
+    batch.remove_jump(point.address, point.optimized.original);
+    batch.unoptimizing.push_back(&point);
+}
+
+void Engine::finish_unoptimizing_locked(ProbePoint& point) {
+    // Step 3.
+    point.optimization.store(Optimization::None, std::memory_order_seq_cst);
+    --points_with_stubs_;
+    std::erase(pending_optimizations_, &point);
+    retired_trampolines_.push_back(point.trampoline.load());
+}
+
+bool Engine::unoptimize_enclosing_locked(std::uint64_t address, Batch& batch) {
+    bool queued = false;
+    if (points_with_stubs_ == 0) return queued;
     // A DCR is shorter than 5 + 15 bytes: look back that far for its start.
     for (std::uint64_t back = 1; back < arch::optimized_jump_length + arch::max_insn_length; ++back) {
         if (address < back) break;
         ProbePoint* point = table.find(address - back);
         if (point == nullptr || point->optimization.load() == Optimization::None) continue;
-        if (address < point->address + arch::region_length(point->optimized))
-            (void)unoptimize_locked(*point, batch,
-                                    fmt::format("the probe at {:#x} lies inside the displaced region", address));
+        if (address < point->address + arch::region_length(point->optimized)) {
+            queued = queued || point->optimization.load() == Optimization::Optimized;
+            unoptimize_locked(*point, batch,
+                              fmt::format("the probe at {:#x} lies inside the displaced region", address));
+        }
     }
+    return queued;
 }
 
 }  // namespace ukp::core

@@ -95,7 +95,7 @@ enum class Optimization : std::uint8_t { None, Pending, Optimized };
 
 struct ProbePoint {
     std::uint64_t address = 0;
-    std::array<std::uint8_t, arch::max_insn_length> original{};  // bytes before we armed
+    std::array<std::uint8_t, arch::max_insn_length> original{};  // the instruction's bytes before we armed
     arch::PreparedInsn insn{};
     std::uint64_t slot = 0;  // out-of-line slot address
     std::atomic<const HandlerList*> handlers{nullptr};
@@ -107,6 +107,8 @@ struct ProbePoint {
     // retired stub, which lives until a grace period proves no thread uses it.
     std::atomic<std::uint64_t> trampoline{0};
     arch::OptimizedRegion optimized{};  // valid while not None
+    // Optimized, and a batch queued the removal of its jump (registry lock).
+    bool removing_jump = false;
     std::string not_optimized;          // why not, for listings (registry lock)
 };
 

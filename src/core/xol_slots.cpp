@@ -1,5 +1,6 @@
 #include "core/xol_slots.hpp"
 
+#include <algorithm>
 #include <memory>
 
 #include "arch/backend.hpp"
@@ -22,7 +23,9 @@ bool within_reach(std::uint64_t slot, std::uint64_t near_start, std::uint64_t ne
 
 Result<std::uint64_t> SlotAllocator::allocate(std::uint64_t near_start, std::uint64_t near_end) {
     std::size_t count = area_count_.load(std::memory_order_relaxed);
-    for (std::size_t i = 0; i < count; ++i) {
+    while (first_with_free_ < count && areas_[first_with_free_].load(std::memory_order_relaxed)->free_slots.empty())
+        ++first_with_free_;
+    for (std::size_t i = first_with_free_; i < count; ++i) {
         Area* area = areas_[i].load(std::memory_order_relaxed);
         if (area->free_slots.empty()) continue;
         // Slots of one area are all within reach iff its two ends are.
@@ -50,17 +53,28 @@ Result<std::uint64_t> SlotAllocator::allocate(std::uint64_t near_start, std::uin
 }
 
 void SlotAllocator::release(std::uint64_t slot) noexcept {
-    Area* area = area_of(slot);
-    if (area == nullptr) return;
+    std::size_t area_index = index_of(slot);
+    if (area_index == area_count_.load(std::memory_order_relaxed)) return;
+    Area* area = areas_[area_index].load(std::memory_order_relaxed);
     std::size_t index = (slot - area->base) / arch::slot_size;
     area->owners[index].store(nullptr, std::memory_order_release);
     area->free_slots.push_back(static_cast<std::uint32_t>(index));
+    first_with_free_ = std::min(first_with_free_, area_index);
 }
 
 void SlotAllocator::set_owner(std::uint64_t slot, ProbePoint* owner) noexcept {
     Area* area = area_of(slot);
     if (area == nullptr) return;
     area->owners[(slot - area->base) / arch::slot_size].store(owner, std::memory_order_release);
+}
+
+std::size_t SlotAllocator::index_of(std::uint64_t pc) const noexcept {
+    std::size_t count = area_count_.load(std::memory_order_acquire);
+    for (std::size_t i = 0; i < count; ++i) {
+        Area* area = areas_[i].load(std::memory_order_acquire);
+        if (pc >= area->base && pc < area->base + area_size) return i;
+    }
+    return count;
 }
 
 SlotAllocator::Area* SlotAllocator::area_of(std::uint64_t pc) const noexcept {

@@ -46,8 +46,12 @@ private:
     };
     std::atomic<Area*> areas_[max_areas] = {};
     std::atomic<std::size_t> area_count_{0};
+    // Every area before this index is full (registry lock): a batch of
+    // thousands of probes would otherwise walk all the full areas per slot.
+    std::size_t first_with_free_ = 0;
 
     [[nodiscard]] Area* area_of(std::uint64_t pc) const noexcept;
+    [[nodiscard]] std::size_t index_of(std::uint64_t pc) const noexcept;  // area_count_ when none
 };
 
 }  // namespace ukp::core

@@ -181,11 +181,13 @@ FunctionTable::FunctionTable(std::vector<FunctionEntry> entries) {
     // 3. Build the indexes only now: entries_ no longer changes, so the
     //    string_views into its names stay valid.
     highest_end_through_.reserve(entries_.size());
+    addresses_.reserve(entries_.size());
     std::uint64_t highest_end = 0;
     for (std::uint32_t index = 0; index < entries_.size(); ++index) {
         const auto& entry = entries_[index];
         highest_end = std::max(highest_end, entry.address + entry.size);
         highest_end_through_.push_back(highest_end);
+        addresses_.push_back(entry.address);
         indexes_by_name_[entry.name].push_back(index);
     }
 }
@@ -197,9 +199,9 @@ std::span<const std::uint32_t> FunctionTable::indexes_named(std::string_view nam
 }
 
 const FunctionEntry* FunctionTable::entry_containing(std::uint64_t address) const {
-    const auto after = std::ranges::upper_bound(entries_, address, {}, &FunctionEntry::address);
+    const auto after = std::ranges::upper_bound(addresses_, address);
     const FunctionEntry* best = nullptr;
-    for (auto index = static_cast<std::size_t>(after - entries_.begin()); index-- > 0;) {
+    for (auto index = static_cast<std::size_t>(after - addresses_.begin()); index-- > 0;) {
         if (highest_end_through_[index] <= address) break;
         const auto& entry = entries_[index];
         if (address >= entry.address + entry.size) continue;

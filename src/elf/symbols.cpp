@@ -312,6 +312,15 @@ std::optional<Symbol> SymbolIndex::function_containing(std::uint64_t address) co
     return state_->make_symbol(Found{module_index, entry});
 }
 
+std::optional<FunctionBounds> SymbolIndex::function_bounds_containing(std::uint64_t address) const {
+    const auto* module = module_containing(address);
+    if (module == nullptr) return std::nullopt;
+    const auto module_index = static_cast<std::size_t>(module - state_->modules.data());
+    const auto* entry = state_->functions_of(module_index).entry_containing(address);
+    if (entry == nullptr) return std::nullopt;
+    return FunctionBounds{entry->address, entry->size};
+}
+
 const Module* SymbolIndex::module_containing(std::uint64_t address) const {
     for (const auto& module : state_->modules) {
         for (const auto& segment : module.executable_segments) {

@@ -41,6 +41,11 @@ struct Symbol {
     std::string module_path;
 };
 
+struct FunctionBounds {
+    std::uint64_t address = 0;  // runtime address
+    std::uint64_t size = 0;     // 0 when the ELF does not say
+};
+
 struct Segment {
     std::uint64_t start = 0;  // runtime address
     std::uint64_t end = 0;    // one past the last byte
@@ -71,6 +76,9 @@ public:
 
     // The function symbol whose [address, address+size) holds `address`.
     [[nodiscard]] std::optional<Symbol> function_containing(std::uint64_t address) const;
+    // Where that function lies, without copying its names: registration
+    // asks this for every probe of a batch.
+    [[nodiscard]] std::optional<FunctionBounds> function_bounds_containing(std::uint64_t address) const;
 
     [[nodiscard]] const Module* module_containing(std::uint64_t address) const;
 

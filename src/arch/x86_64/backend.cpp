@@ -174,8 +174,8 @@ bool can_use_trampolines() noexcept {
 
 std::expected<OptimizedRegion, std::string> plan_optimization(std::span<const std::uint8_t> function_code,
                                                               std::uint64_t function_start, std::uint64_t address,
-                                                              bool with_post_handler) {
-    auto check = x86::check_optimizable(function_code, function_start, address);
+                                                              const PreparedInsn& probed, bool with_post_handler) {
+    auto check = x86::check_optimizable(function_code, function_start, address, &probed.probe.insn);
     if (!check.can_optimize())
         return std::unexpected(fmt::format("{}: {}", x86::describe(check.blocker), check.detail));
     // The post-handler call follows the first displaced instruction; a

@@ -90,15 +90,30 @@ std::optional<std::uint8_t> jcc_condition(const Insn& insn) {
 }
 
 Result<Insn> decode_one(std::span<const std::uint8_t> code, std::uint64_t address) {
+    Insn insn;
+    if (auto decoded = decode_into(code, address, insn, true); !decoded) {
+        return std::unexpected(std::move(decoded.error()));
+    }
+    return insn;
+}
+
+Result<void> decode_into(std::span<const std::uint8_t> code, std::uint64_t address, Insn& insn,
+                         bool with_operands) {
     if (code.empty()) {
         return make_error(Errc::UndecodableInstruction,
                           fmt::format("at {:#x}: no bytes to decode", address));
     }
     const auto decoder = long_mode_decoder();
-    Insn insn;
     insn.address = address;
-    const auto status = ZydisDecoderDecodeFull(&decoder, code.data(), code.size(), &insn.info,
-                                               insn.operands.data());
+    ZyanStatus status;
+    if (with_operands) {
+        status = ZydisDecoderDecodeFull(&decoder, code.data(), code.size(), &insn.info,
+                                        insn.operands.data());
+    } else {
+        ZydisDecoderContext context;
+        status = ZydisDecoderDecodeInstruction(&decoder, &context, code.data(), code.size(),
+                                               &insn.info);
+    }
     if (!ZYAN_SUCCESS(status)) {
         auto shown = code.first(std::min(code.size(), max_instruction_length));
         return make_error(Errc::UndecodableInstruction,
@@ -107,7 +122,7 @@ Result<Insn> decode_one(std::span<const std::uint8_t> code, std::uint64_t addres
     }
     insn.length = insn.info.length;
     std::copy_n(code.begin(), insn.length, insn.bytes.begin());
-    return insn;
+    return {};
 }
 
 Result<void> check_instruction_boundary(std::span<const std::uint8_t> code, std::uint64_t start,

@@ -46,6 +46,15 @@ struct Insn {
 // Errc::UndecodableInstruction when the bytes are not a valid instruction.
 [[nodiscard]] Result<Insn> decode_one(std::span<const std::uint8_t> code, std::uint64_t address);
 
+// decode_one() in place, into an Insn a loop reuses (an Insn is over a
+// kilobyte: building and returning one per instruction costs more than
+// Zydis' own work in a long scan).  With `with_operands` false only `info`,
+// `bytes` and `length` are set, and `operands` keeps stale contents: for
+// scans that read operands of a few instructions only (decode those again
+// with operands).
+[[nodiscard]] Result<void> decode_into(std::span<const std::uint8_t> code, std::uint64_t address, Insn& insn,
+                                       bool with_operands);
+
 // Decodes forward from `start` (the first byte of `code`) and says whether
 // `target` is the first byte of one of the instructions.  Errc::NotInstructionBoundary
 // when it falls inside one; Errc::UndecodableInstruction when decoding fails

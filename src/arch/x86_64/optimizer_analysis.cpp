@@ -43,6 +43,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <array>
 #include <expected>
 #include <optional>
@@ -121,13 +122,14 @@ std::optional<std::uint64_t> relative_target(const Insn& insn) {
 }
 
 // Decoding from `offset` to the end finds only padding.
-bool is_rest_padding(std::span<const std::uint8_t> code, std::uint64_t start, std::size_t offset) {
+bool is_rest_padding(std::span<const std::uint8_t> code, std::uint64_t start, std::size_t offset,
+                     Insn& scratch) {
     while (offset < code.size()) {
-        auto insn = decode_one(code.subspan(offset), start + offset);
-        if (!insn || !is_padding(*insn)) {
+        if (!decode_into(code.subspan(offset), start + offset, scratch, false) ||
+            !is_padding(scratch)) {
             return false;
         }
-        offset += insn->length;
+        offset += scratch.length;
     }
     return true;
 }
@@ -144,6 +146,10 @@ struct FunctionScan {
     std::optional<Insn> computed_jump;                // the first that may target the function
     std::optional<Insn> instruction_containing_probe; // when the probe is not a boundary
     bool uses_avx512 = false;  // an EVEX instruction or an opmask register anywhere
+    // The instructions from the probe on, as far as a jump reaches (or the
+    // code ends), decoded with their operands: the DCR's candidates.
+    std::vector<Insn> from_probe;
+    bool first_was_probed = false;  // from_probe[0] is the caller's `probed`
 };
 
 // Whether the instruction reads or writes AVX-512-only state (zmm16-31 and
@@ -152,6 +158,9 @@ struct FunctionScan {
 // never touches it, it is dead at every instruction of the function.
 bool uses_avx512_state(const Insn& insn) {
     if (insn.info.encoding == ZYDIS_INSTRUCTION_ENCODING_EVEX) return true;
+    // Only VEX forms (kmov, kand, ...) name opmask registers otherwise; a
+    // legacy instruction cannot, so its operands need not be looked at.
+    if (insn.info.encoding == ZYDIS_INSTRUCTION_ENCODING_LEGACY) return false;
     for (std::size_t i = 0; i < insn.info.operand_count; ++i)
         if (insn.operands[i].type == ZYDIS_OPERAND_TYPE_REGISTER &&
             ZydisRegisterGetClass(insn.operands[i].reg.value) == ZYDIS_REGCLASS_MASK)
@@ -160,27 +169,51 @@ bool uses_avx512_state(const Insn& insn) {
 }
 
 Verdict<FunctionScan> scan_function(std::span<const std::uint8_t> code, std::uint64_t start,
-                                    std::uint64_t probe_address) {
+                                    std::uint64_t probe_address, const Insn* probed) {
     FunctionScan scan;
+    // Most instructions are only classified here, which needs no operands;
+    // those whose checks read operands are decoded again with them.
+    Insn scratch;
+    std::size_t covered_from_probe = 0;
+    scan.from_probe.reserve(2);  // what most regions hold; an Insn is over a kilobyte
     std::size_t offset = 0;
     while (offset < code.size()) {
-        auto insn = decode_one(code.subspan(offset), start + offset);
-        if (!insn) {
-            return refuse(OptimizeBlocker::UndecodableFunction, insn.error().message);
+        const auto bytes = code.subspan(offset);
+        const bool in_region =
+            start + offset >= probe_address && covered_from_probe < optimized_jump_length;
+        const bool is_probed = probed != nullptr && start + offset == probe_address &&
+                               probed->address == probe_address && probed->length <= bytes.size() &&
+                               std::ranges::equal(probed->code(), bytes.first(probed->length));
+        if (is_probed) {
+            scan.first_was_probed = true;
+        } else if (auto decoded = decode_into(bytes, start + offset, scratch, in_region); !decoded) {
+            return refuse(OptimizeBlocker::UndecodableFunction, decoded.error().message);
         }
-        if (insn->address < probe_address && insn->next_address() > probe_address) {
-            scan.instruction_containing_probe = *insn;
+        const Insn& insn = is_probed ? *probed : scratch;
+        const bool needs_operands =
+            is_indirect_jump(insn) || insn.info.encoding != ZYDIS_INSTRUCTION_ENCODING_LEGACY;
+        if (needs_operands && !in_region) {
+            if (auto decoded = decode_into(bytes, start + offset, scratch, true); !decoded) {
+                return refuse(OptimizeBlocker::UndecodableFunction, decoded.error().message);
+            }
         }
-        if (auto target = relative_target(*insn)) {
-            scan.transfers.push_back({insn->address, *target});
+        if (in_region) {
+            scan.from_probe.push_back(insn);
+            covered_from_probe += insn.length;
         }
-        scan.uses_avx512 = scan.uses_avx512 || uses_avx512_state(*insn);
-        if (is_indirect_jump(*insn) && !is_jump_through_rip_relative_slot(*insn) &&
+        if (insn.address < probe_address && insn.next_address() > probe_address) {
+            scan.instruction_containing_probe = insn;
+        }
+        if (auto target = relative_target(insn)) {
+            scan.transfers.push_back({insn.address, *target});
+        }
+        scan.uses_avx512 = scan.uses_avx512 || uses_avx512_state(insn);
+        if (is_indirect_jump(insn) && !is_jump_through_rip_relative_slot(insn) &&
             !scan.computed_jump) {
-            scan.computed_jump = *insn;
+            scan.computed_jump = insn;
         }
-        offset += insn->length;
-        if (ends_control_flow(*insn) && is_rest_padding(code, start, offset)) {
+        offset += insn.length;
+        if (ends_control_flow(insn) && is_rest_padding(code, start, offset, scratch)) {
             break;
         }
     }
@@ -188,43 +221,41 @@ Verdict<FunctionScan> scan_function(std::span<const std::uint8_t> code, std::uin
     return scan;
 }
 
-// The whole instructions from the probe that cover the jump.
-Verdict<DisplacedRegion> take_displaced_region(std::span<const std::uint8_t> code,
-                                               std::uint64_t start, std::uint64_t code_end,
-                                               std::uint64_t probe_address) {
+// The whole instructions from the probe that cover the jump, from those
+// the scan kept (it stopped keeping them where the code ends).
+Verdict<DisplacedRegion> take_displaced_region(FunctionScan& scan, std::uint64_t probe_address) {
     DisplacedRegion region;
     region.start = probe_address;
-    while (region.length < optimized_jump_length) {
-        const auto address = probe_address + region.length;
-        if (address >= code_end) {
-            return refuse(OptimizeBlocker::TooShort,
-                          fmt::format("the code ends {} bytes after {:#x}; the jump needs {}",
-                                      region.length, probe_address, optimized_jump_length));
-        }
-        // The scan decoded these bytes already, so this cannot fail.
-        auto insn = decode_one(code.subspan(address - start), address);
-        if (!insn) {
-            return refuse(OptimizeBlocker::UndecodableFunction, insn.error().message);
-        }
-        region.length += insn->length;
-        region.insns.push_back(*insn);
-        if (ends_control_flow(*insn) && region.length < optimized_jump_length) {
+    region.insns = std::move(scan.from_probe);
+    for (const auto& insn : region.insns) {
+        region.length += insn.length;
+        if (ends_control_flow(insn) && region.length < optimized_jump_length) {
             return refuse(OptimizeBlocker::TooShort,
                           fmt::format("{} ends the code {} bytes after {:#x}; the jump needs {}",
-                                      name_instruction(*insn), region.length, probe_address,
+                                      name_instruction(insn), region.length, probe_address,
                                       optimized_jump_length));
         }
+    }
+    if (region.length < optimized_jump_length) {
+        return refuse(OptimizeBlocker::TooShort,
+                      fmt::format("the code ends {} bytes after {:#x}; the jump needs {}",
+                                  region.length, probe_address, optimized_jump_length));
     }
     return region;
 }
 
-// Every DCR instruction must be copyable to the trampoline.
-Verdict<void> check_region_instructions(const DisplacedRegion& region) {
+// Every DCR instruction must be copyable to the trampoline.  The caller's
+// `probed` instruction passed analyze_probe_insn() already, when the probe
+// was prepared.
+Verdict<void> check_region_instructions(const DisplacedRegion& region, bool first_was_probed) {
     std::array<std::uint8_t, max_relocated_length> scratch{};
     std::size_t offset = 0;
     for (const auto& insn : region.insns) {
-        if (auto probe = analyze_probe_insn(insn); !probe) {
-            return refuse(OptimizeBlocker::UnrelocatableInsn, probe.error().message);
+        const bool analyzed = first_was_probed && &insn == &region.insns.front();
+        if (!analyzed) {
+            if (auto probe = analyze_probe_insn(insn); !probe) {
+                return refuse(OptimizeBlocker::UnrelocatableInsn, probe.error().message);
+            }
         }
         if (returns_to_next_instruction(insn)) {
             return refuse(OptimizeBlocker::CallInRegion,
@@ -262,7 +293,7 @@ Verdict<void> check_branch_targets(const FunctionScan& scan, const DisplacedRegi
 }
 
 Verdict<DisplacedRegion> analyze(std::span<const std::uint8_t> code, std::uint64_t start,
-                                 std::uint64_t probe_address) {
+                                 std::uint64_t probe_address, const Insn* probed) {
     // 1. The probe lies in the function's bytes.
     if (probe_address < start || probe_address - start >= code.size()) {
         return refuse(OptimizeBlocker::NotInFunction,
@@ -270,7 +301,7 @@ Verdict<DisplacedRegion> analyze(std::span<const std::uint8_t> code, std::uint64
                                   start, start + code.size()));
     }
     // 2. The whole function decodes; collect its branches.
-    auto scan = scan_function(code, start, probe_address);
+    auto scan = scan_function(code, start, probe_address, probed);
     if (!scan) {
         return std::unexpected(std::move(scan.error()));
     }
@@ -287,11 +318,11 @@ Verdict<DisplacedRegion> analyze(std::span<const std::uint8_t> code, std::uint64
                                   probe_address, scan->code_end));
     }
     // 4. Whole instructions cover the jump, then each can move.
-    auto region = take_displaced_region(code, start, scan->code_end, probe_address);
+    auto region = take_displaced_region(*scan, probe_address);
     if (!region) {
         return region;
     }
-    if (auto copyable = check_region_instructions(*region); !copyable) {
+    if (auto copyable = check_region_instructions(*region, scan->first_was_probed); !copyable) {
         return std::unexpected(std::move(copyable.error()));
     }
     // 5. Nothing enters the region except at its start.
@@ -326,9 +357,10 @@ std::string_view describe(OptimizeBlocker blocker) noexcept {
 }
 
 OptimizeCheck check_optimizable(std::span<const std::uint8_t> function_code,
-                                std::uint64_t function_start, std::uint64_t probe_address) {
+                                std::uint64_t function_start, std::uint64_t probe_address,
+                                const Insn* probed) {
     OptimizeCheck check;
-    auto region = analyze(function_code, function_start, probe_address);
+    auto region = analyze(function_code, function_start, probe_address, probed);
     if (!region) {
         check.blocker = region.error().blocker;
         check.detail = std::move(region.error().detail);

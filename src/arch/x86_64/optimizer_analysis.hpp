@@ -69,8 +69,12 @@ struct OptimizeCheck {
 
 // `function_code` holds the function's original bytes (no breakpoints),
 // starting at `function_start`; its size is the symbol's size.
+// `probed`, when given, is the instruction at `probe_address` decoded
+// already (with its operands) and accepted by analyze_probe_insn(); it is
+// used if its bytes are those of the code there, and spares a decode.
 [[nodiscard]] OptimizeCheck check_optimizable(std::span<const std::uint8_t> function_code,
-                                              std::uint64_t function_start, std::uint64_t probe_address);
+                                              std::uint64_t function_start, std::uint64_t probe_address,
+                                              const Insn* probed = nullptr);
 
 // Writes the DCR relocated to `new_address`, followed by `jmp rel32` to
 // region.start + region.length.  Returns bytes written.  `out` must hold at

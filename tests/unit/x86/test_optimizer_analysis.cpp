@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "arch/x86_64/optimizer_analysis.hpp"
+#include "arch/x86_64/probe_insn.hpp"
 #include "arch/x86_64/relocator.hpp"
 #include "elf/symbols.hpp"
 #include "x86_test_support.hpp"
@@ -600,6 +601,15 @@ ModuleSurvey survey_module(const elf::SymbolIndex& index, const elf::Module& mod
         }
         const std::span code(reinterpret_cast<const std::uint8_t*>(symbol.address), symbol.size);
         const auto check = check_optimizable(code, symbol.address, symbol.address);
+        // Registration passes the probed instruction it prepared already:
+        // the verdict must not depend on it.
+        if (auto first = decode_one(code, symbol.address); first && analyze_probe_insn(*first)) {
+            const auto given = check_optimizable(code, symbol.address, symbol.address, &*first);
+            EXPECT_EQ(describe(given.blocker), describe(check.blocker)) << symbol.name;
+            EXPECT_EQ(given.detail, check.detail) << symbol.name;
+            EXPECT_EQ(given.region.length, check.region.length) << symbol.name;
+            EXPECT_EQ(given.region.function_uses_avx512, check.region.function_uses_avx512) << symbol.name;
+        }
         ++survey.functions;
         ++survey.blockers[check.blocker];
         EXPECT_TRUE(is_known_blocker(check.blocker)) << symbol.name;
