@@ -51,14 +51,17 @@ struct ProbeListing {
 
 // A ring of addresses disarmed recently: a thread that trapped on one of
 // them before it was disarmed, and reaches the dispatcher after the probe
-// is gone, restarts the instruction (seed 001's race).
+// is gone, restarts the instruction (seed 001's race).  Every address of
+// one batch must still be in it when the batch's text is restored, so it
+// holds more than the largest batch we expect (a whole library, ~10,000
+// functions); contains() scans it only for traps that are not ours.
 class RecentlyDisarmed {
 public:
     void add(std::uint64_t address) noexcept;
     [[nodiscard]] bool contains(std::uint64_t address) const noexcept;
 
 private:
-    static constexpr std::size_t capacity = 4096;
+    static constexpr std::size_t capacity = 1 << 16;
     std::atomic<std::uint64_t> addresses_[capacity] = {};
     std::atomic<std::size_t> next_{0};
 };
