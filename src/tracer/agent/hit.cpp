@@ -401,7 +401,8 @@ void on_hit(const CompiledEvent& event, const Regs& regs, std::uint64_t entry_ti
         commit(session, static_cast<std::size_t>(ring), reservation, event.max_record, size);
     }
     if (mode & mode_count) counters.counted.fetch_add(1, std::memory_order_relaxed);
-    if ((mode & mode_hist) && event.hist_field >= 0 && !values[event.hist_field].is_string)
+    if ((mode & mode_hist) && event.hist_field >= 0 && static_cast<std::uint32_t>(event.hist_field) < max_filtered_args &&
+        !values[event.hist_field].is_string)
         add_to_histogram(*session.histogram(event.id), values[event.hist_field].number);
     if ((mode & mode_latency) && event.is_return && entry_timestamp != 0) {
         std::uint64_t duration = session.to_nanoseconds(record->timestamp) - session.to_nanoseconds(entry_timestamp);

@@ -331,12 +331,13 @@ int run(const RunOptions& options) {
         if (auto finished = writer->finish(); !finished)
             fmt::print(stderr, "ukprobe: writing events failed: {}\n", finished.error().message);
     }
-    if (out != stdout) std::fclose(out);
     auto state = static_cast<AgentState>(session.header().agent_state.load());
     if (state == AgentState::Starting)
         fmt::print(stderr, "ukprobe: warning: the agent never started in '{}' (a static or set-uid program, or "
                            "LD_PRELOAD is ignored): nothing was traced\n", options.command[0]);
-    print_summary(session, totals, options, (session_options.mode & mode_stream) ? stderr : (out != stdout ? stdout : out));
+    // Aggregations go where events would have gone (-o FILE or stdout).
+    print_summary(session, totals, options, out);
+    if (out != stdout) std::fclose(out);
     if (totals.undecodable != 0) fmt::print(stderr, "ukprobe: {} records could not be decoded\n", totals.undecodable);
     std::fflush(stdout);
     if (WIFSIGNALED(status)) {
