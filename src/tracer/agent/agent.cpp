@@ -68,9 +68,6 @@ struct Agent {
     std::vector<Definition> definitions;
     // Definitions whose module is not loaded yet, by index.
     std::vector<std::size_t> waiting;
-    // (definition, module) pairs already armed, so a module seen again (it
-    // was already there, or dlopen'ed twice) is not probed twice.
-    std::vector<std::pair<std::size_t, std::string>> armed_modules;
     std::vector<ArmedEvent*> events;
     std::recursive_mutex lock;
     ukp::Kprobe* loader_watch = nullptr;
