@@ -113,6 +113,14 @@ TEST(Ukprobe, DeathBySignalIsPassedOn) {
     EXPECT_EQ(lines_with(traced.out, " work: ").size(), 1u) << traced.out;
 }
 
+TEST(Ukprobe, AProgramThatCannotRunIsReportedAsSuch) {
+    auto result = run(ukprobe({"run", "-e", "p:work work", "--", "/nonexistent/program"}));
+    EXPECT_EQ(result.exit_code(), 127);
+    EXPECT_NE(result.err.find("cannot run '/nonexistent/program': No such file or directory"), std::string::npos)
+        << result.err;
+    EXPECT_EQ(result.err.find("agent never started"), std::string::npos) << result.err;
+}
+
 TEST(Ukprobe, EnvironmentLooksUntouchedToTheProgram) {
     auto unset = run(ukprobe({"run", "-q", "-e", "p:work work", "--", TRACEE, "env"}));
     EXPECT_NE(unset.out.find("LD_PRELOAD=(unset)\n"), std::string::npos) << unset.out;

@@ -101,8 +101,23 @@ pid_t start_program(const RunOptions& options, const Session& session, const std
     std::string original = preload != nullptr ? preload : "\x01unset";
     // Prepend: the user's preloads keep working, after ours.
     std::string combined = agent + (preload != nullptr && *preload ? ":" + std::string(preload) : "");
+    // A close-on-exec pipe tells the parent whether exec worked: it reads
+    // end of file on success, the child's errno on failure.
+    int exec_status[2];
+    if (pipe2(exec_status, O_CLOEXEC) != 0) return -1;
     pid_t child = fork();
-    if (child != 0) return child;
+    if (child != 0) {
+        close(exec_status[1]);
+        int error = 0;
+        if (child > 0 && read(exec_status[0], &error, sizeof error) == static_cast<ssize_t>(sizeof error)) {
+            fmt::print(stderr, "ukprobe: error: cannot run '{}': {}\n", options.command[0], std::strerror(error));
+            waitpid(child, nullptr, 0);
+            child = -2;
+        }
+        close(exec_status[0]);
+        return child;
+    }
+    close(exec_status[0]);
     sigaction(SIGINT, &original_interrupt, nullptr);
     sigaction(SIGQUIT, &original_quit, nullptr);
     sigaction(SIGPIPE, &original_pipe, nullptr);
@@ -115,7 +130,8 @@ pid_t start_program(const RunOptions& options, const Session& session, const std
     for (const auto& argument : options.command) argv.push_back(const_cast<char*>(argument.c_str()));
     argv.push_back(nullptr);
     execvp(argv[0], argv.data());
-    fmt::print(stderr, "ukprobe: cannot run '{}': {}\n", options.command[0], std::strerror(errno));
+    int error = errno;
+    (void)!write(exec_status[1], &error, sizeof error);
     _exit(127);
 }
 
@@ -284,6 +300,7 @@ int run(const RunOptions& options) {
     sigaction(SIGQUIT, &ignore, &original_quit);
     sigaction(SIGPIPE, &ignore, &original_pipe);
     pid_t child = start_program(options, session, agent);
+    if (child == -2) return 127;  // reported: the program could not be run (the shell's code)
     if (child < 0) {
         fmt::print(stderr, "ukprobe: error: fork: {}\n", std::strerror(errno));
         return 2;
