@@ -29,6 +29,8 @@
 #include <span>
 #include <string_view>
 
+#include "tracer/definition.hpp"
+
 namespace ukp::tracer {
 
 inline constexpr std::uint64_t session_magic = 0x31736562'6f72706bULL;  // "kprobes1"
@@ -48,6 +50,23 @@ enum SessionMode : std::uint32_t {
 enum class ClockKind : std::uint32_t { Monotonic = 0, Tsc = 1 };
 
 inline constexpr std::size_t histogram_buckets = 65;
+
+// How one fetch arg is laid out in a record, after the header and a fault
+// bitmap of one bit per arg padded to 8 bytes.  The agent's hit path writes
+// it, the tracer's decoder reads it: both ask here.
+enum class FieldLayout : std::uint8_t {
+    Numbers,  // 8 bytes per element (one for a scalar), zero/sign-extended per the type
+    String,   // a 2-byte length, then the bytes (no NUL)
+    Strings,  // string[N]: N of those
+};
+
+[[nodiscard]] inline FieldLayout field_layout(const FetchArg& arg) noexcept {
+    bool string_type = arg.type.kind == FetchType::Kind::String || arg.type.kind == FetchType::Kind::UString;
+    if (string_type && arg.type.array_length != 0) return FieldLayout::Strings;
+    if (string_type || arg.root == FetchRoot::Comm || arg.root == FetchRoot::StringImmediate)
+        return FieldLayout::String;
+    return FieldLayout::Numbers;
+}
 
 struct RecordHeader {
     std::uint32_t size;   // whole record, header included, 8-byte multiple

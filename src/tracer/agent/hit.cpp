@@ -10,6 +10,8 @@
 //   a bad pointer marks the field as faulted, it never faults the program.
 #include "tracer/agent/hit.hpp"
 
+#include "tracer/output.hpp"
+
 #include <dlfcn.h>
 #include <pthread.h>
 #include <sched.h>
@@ -141,10 +143,6 @@ inline bool base_value(const CompiledArg& arg, const Regs& regs, const std::uint
     return false;
 }
 
-inline bool is_string(FetchType::Kind kind) {
-    return kind == FetchType::Kind::String || kind == FetchType::Kind::UString;
-}
-
 inline std::uint64_t extend(std::uint64_t value, const CompiledArg& arg) {
     unsigned bits = arg.size * 8u;
     if (arg.kind == FetchType::Kind::Bitfield) {
@@ -200,7 +198,7 @@ inline std::size_t fetch_field(const CompiledArg& arg, const Regs& regs, const s
     for (unsigned i = 0; ok && i + 1 < reads; ++i) ok = read_u64(value + static_cast<std::uint64_t>(arg.derefs[i]), &value);
     std::uint64_t final_address = reads != 0 ? value + static_cast<std::uint64_t>(arg.derefs[reads - 1]) : value;
 
-    if (is_string(arg.kind) && arg.array_length != 0) {
+    if (arg.layout == FieldLayout::Strings) {
         // string[N]: the last read is done and yields N pointers.
         std::uint8_t* at = out;
         bool all = ok;
@@ -222,7 +220,7 @@ inline std::size_t fetch_field(const CompiledArg& arg, const Regs& regs, const s
         if (filter_value) *filter_value = {0, {}, false};
         return static_cast<std::size_t>(at - out);
     }
-    if (is_string(arg.kind) || arg.root == FetchRoot::Comm || arg.root == FetchRoot::StringImmediate) {
+    if (arg.layout == FieldLayout::String) {
         std::uint16_t length = 0;
         char* text = reinterpret_cast<char*>(out + 2);
         if (arg.root == FetchRoot::Comm) {
@@ -275,8 +273,7 @@ inline std::size_t fetch_field(const CompiledArg& arg, const Regs& regs, const s
 }
 
 void add_to_histogram(HistogramArea& histogram, std::uint64_t value) {
-    unsigned bucket = value == 0 ? 0 : 64 - static_cast<unsigned>(__builtin_clzll(value));
-    histogram.buckets[bucket].fetch_add(1, std::memory_order_relaxed);
+    histogram.buckets[Log2Histogram::bucket_of(value)].fetch_add(1, std::memory_order_relaxed);
     histogram.count.fetch_add(1, std::memory_order_relaxed);
     histogram.sum.fetch_add(value, std::memory_order_relaxed);
     std::uint64_t seen = histogram.min.load(std::memory_order_relaxed);
@@ -461,10 +458,9 @@ std::expected<CompiledEvent, std::string> compile_event(const Definition& defini
         for (const Dereference& deref : from.derefs) arg.derefs[reads++] = deref.offset;
         arg.deref_count = static_cast<std::uint8_t>(reads);
         arg.reads_memory = reads != 0;
-        bool integer = arg.kind == FetchType::Kind::Unsigned || arg.kind == FetchType::Kind::Signed ||
-                       arg.kind == FetchType::Kind::Hex || arg.kind == FetchType::Kind::Char ||
-                       arg.kind == FetchType::Kind::SymbolAddress || arg.kind == FetchType::Kind::SymbolString;
-        arg.register_scalar = from.root == FetchRoot::Register && reads == 0 && integer && arg.array_length == 0;
+        arg.layout = field_layout(from);
+        arg.register_scalar = from.root == FetchRoot::Register && reads == 0 && arg.layout == FieldLayout::Numbers &&
+                              arg.kind != FetchType::Kind::Bitfield && arg.array_length == 0;
         arg.is_signed = arg.kind == FetchType::Kind::Signed;
         arg.width_bits = static_cast<std::uint8_t>(std::min(8u * arg.size, 64u));
         if (from.root == FetchRoot::StringImmediate) {
@@ -472,12 +468,11 @@ std::expected<CompiledEvent, std::string> compile_event(const Definition& defini
             arg.string_value = from.string_value.data();
             arg.string_length = static_cast<std::uint16_t>(length);
         }
-        if (is_string(arg.kind) && arg.array_length != 0)
-            size += std::size_t{arg.array_length} * (2 + session.header().string_limit);
-        else if (is_string(arg.kind) || arg.root == FetchRoot::Comm || arg.root == FetchRoot::StringImmediate)
-            size += 2 + session.header().string_limit;
-        else
-            size += 8u * (arg.array_length == 0 ? 1u : std::min<unsigned>(arg.array_length, 64));
+        switch (arg.layout) {
+        case FieldLayout::Strings: size += std::size_t{arg.array_length} * (2 + session.header().string_limit); break;
+        case FieldLayout::String: size += 2 + session.header().string_limit; break;
+        case FieldLayout::Numbers: size += 8u * (arg.array_length == 0 ? 1u : std::min<unsigned>(arg.array_length, 64)); break;
+        }
         if (from.name == hist_field) event.hist_field = static_cast<int>(i);
     }
     event.max_record = static_cast<std::uint32_t>((size + 7) & ~std::size_t{7});

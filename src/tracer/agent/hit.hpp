@@ -39,6 +39,7 @@ struct CompiledArg {
     // The value is read from memory at the end (a deref or @ADDR/@SYM):
     // numbers read `size` bytes there, strings start there.
     bool reads_memory = false;
+    FieldLayout layout = FieldLayout::Numbers;
     // The common case, a register as a scalar integer, takes a short path:
     // value = register & mask, sign-extended from bit `sign_bit` when signed.
     bool register_scalar = false;

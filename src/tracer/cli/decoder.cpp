@@ -1,7 +1,5 @@
-// See decoder.hpp.  The record layout is written by the agent's hit path
-// (src/tracer/agent/hit.cpp): header, a fault bitmap of one bit per arg
-// padded to 8 bytes, then each field in order: 8 bytes per number (per
-// element for arrays), or a 2-byte length and the bytes for strings.
+// See decoder.hpp.  The record layout is session.hpp's field_layout(), as
+// the agent's hit path (src/tracer/agent/hit.cpp) wrote it.
 #include "tracer/cli/decoder.hpp"
 
 #include <dirent.h>
@@ -13,11 +11,6 @@
 namespace ukp::tracer::cli {
 
 namespace {
-
-bool is_string_field(const FetchArg& arg) {
-    return arg.type.kind == FetchType::Kind::String || arg.type.kind == FetchType::Kind::UString ||
-           arg.root == FetchRoot::Comm || arg.root == FetchRoot::StringImmediate;
-}
 
 std::string read_comm(int pid, int tid) {
     std::ifstream file(fmt::format("/proc/{}/task/{}/comm", pid, tid));
@@ -87,7 +80,8 @@ bool Decoder::decode(const RecordHeader& header, std::span<const std::uint8_t> b
         const FetchArg& arg = definition.args[i];
         bool faulted = (bitmap[i / 8] >> (i % 8)) & 1;
         Field field{arg.name, {}};
-        if (is_string_field(arg) && arg.type.array_length != 0) {
+        FieldLayout layout = field_layout(arg);
+        if (layout == FieldLayout::Strings) {
             field.value.kind = FieldValue::Kind::Array;
             for (unsigned k = 0; k < arg.type.array_length; ++k) {
                 std::uint16_t length;
@@ -105,7 +99,7 @@ bool Decoder::decode(const RecordHeader& header, std::span<const std::uint8_t> b
             out->fields.push_back(std::move(field));
             continue;
         }
-        if (is_string_field(arg)) {
+        if (layout == FieldLayout::String) {
             std::uint16_t length;
             if (at + 2 > bytes.size()) return false;
             std::memcpy(&length, bytes.data() + at, 2);

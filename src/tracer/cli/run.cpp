@@ -34,6 +34,9 @@
 
 namespace ukp::tracer::cli {
 
+// The agent counts into the session's buckets what Log2Histogram prints.
+static_assert(histogram_buckets == Log2Histogram::bucket_count);
+
 namespace {
 
 volatile sig_atomic_t stats_requested = 0;
