@@ -37,6 +37,7 @@
 #include <string>
 #include <vector>
 
+#include "elf/symbols.hpp"
 #include "tracer/agent/hit.hpp"
 #include "tracer/definition.hpp"
 #include "tracer/session.hpp"
@@ -407,31 +408,22 @@ void arm_waiting() {
 
 // Tells the tracer about every loaded object it has not seen yet.
 void publish_modules() {
-    struct Context {
-        const Session* session;
-    } context{&agent->session};
-    dl_iterate_phdr(
-        [](dl_phdr_info* info, std::size_t, void* opaque) {
-            const Session& session = *static_cast<Context*>(opaque)->session;
-            std::string path = info->dlpi_name != nullptr ? info->dlpi_name : "";
-            if (path.empty()) {
-                char exe[sizeof(ModuleEntry::path)];
-                ssize_t length = readlink("/proc/self/exe", exe, sizeof exe - 1);
-                if (length <= 0) return 0;
-                path.assign(exe, static_cast<std::size_t>(length));
-            }
-            if (path.find('/') == std::string::npos) return 0;  // the vDSO: no file
-            std::uint32_t count = session.header().module_count.load(std::memory_order_relaxed);
-            for (std::uint32_t i = 0; i < count; ++i)
-                if (session.module(i).bias == info->dlpi_addr && path == session.module(i).path) return 0;
-            if (count >= max_modules) return 1;
-            ModuleEntry& entry = session.module(count);
-            entry.bias = info->dlpi_addr;
-            copy_text(entry.path, sizeof entry.path, path);
-            session.header().module_count.store(count + 1, std::memory_order_release);
-            return 0;
-        },
-        &context);
+    auto index = elf::SymbolIndex::snapshot();
+    if (!index) return;
+    const Session& session = agent->session;
+    for (const elf::Module& module : index->modules()) {
+        if (module.path.find('/') == std::string::npos) continue;  // the vDSO: no file
+        std::uint32_t count = session.header().module_count.load(std::memory_order_relaxed);
+        bool known = false;
+        for (std::uint32_t i = 0; i < count && !known; ++i)
+            known = session.module(i).bias == module.bias && module.path == session.module(i).path;
+        if (known) continue;
+        if (count >= max_modules) return;
+        ModuleEntry& entry = session.module(count);
+        entry.bias = module.bias;
+        copy_text(entry.path, sizeof entry.path, module.path);
+        session.header().module_count.store(count + 1, std::memory_order_release);
+    }
 }
 
 // _dl_debug_state's probe: the loader's object list changed.
