@@ -314,40 +314,26 @@ private:
                              static_cast<std::uint32_t>(members.size())});
     }
 
-    // any := all ('||' all)*
-    std::expected<std::uint32_t, ErrorAt> parse_any() {
-        std::vector<std::uint32_t> members;
-        for (;;) {
-            auto member = parse_all();
-            if (!member) {
-                return member;
-            }
-            members.push_back(*member);
-            skip_spaces();
-            if (!next_is("||")) {
-                break;
-            }
-            at_ += 2;
-        }
-        return members.size() == 1 ? members.front() : add_group(Node::Kind::Any, members);
-    }
+    // any := all ('||' all)*      all := unary ('&&' unary)*
+    std::expected<std::uint32_t, ErrorAt> parse_any() { return parse_chain("||", Node::Kind::Any, &FilterParser::parse_all); }
+    std::expected<std::uint32_t, ErrorAt> parse_all() { return parse_chain("&&", Node::Kind::All, &FilterParser::parse_unary); }
 
-    // all := unary ('&&' unary)*
-    std::expected<std::uint32_t, ErrorAt> parse_all() {
+    std::expected<std::uint32_t, ErrorAt> parse_chain(std::string_view op, Node::Kind kind,
+                                                      std::expected<std::uint32_t, ErrorAt> (FilterParser::*operand)()) {
         std::vector<std::uint32_t> members;
         for (;;) {
-            auto member = parse_unary();
+            auto member = (this->*operand)();
             if (!member) {
                 return member;
             }
             members.push_back(*member);
             skip_spaces();
-            if (!next_is("&&")) {
+            if (!next_is(op)) {
                 break;
             }
-            at_ += 2;
+            at_ += op.size();
         }
-        return members.size() == 1 ? members.front() : add_group(Node::Kind::All, members);
+        return members.size() == 1 ? members.front() : add_group(kind, members);
     }
 
     // unary := '!'* ( '(' any ')' | predicate ).  "!=" and "!~" are not '!'.
