@@ -83,8 +83,12 @@ struct GuardedCallResult {
     std::uint64_t value;
     std::uint64_t completed;
 };
-extern "C" GuardedCallResult ukp_guarded_call(std::uint64_t* escape, const void* function, void* first,
-                                              void* second, void* third);
+}  // namespace ukp::arch
+#include "arch/x86_64/guarded_call.hpp"
+namespace ukp::arch {
+// GuardedCallResult guarded_call(std::uint64_t* escape, const void* function, void* first, void* second,
+//                                void* third) noexcept;
+// (inline, in the backend's guarded_call.hpp)
 void escape_guarded_call(void* ucontext, std::uint64_t escape) noexcept;
 
 enum class TrapKind : std::uint8_t { Breakpoint, SingleStep, Other };
@@ -140,16 +144,10 @@ struct Memory {
 // Where a thread enters a stub, from a breakpoint hit or the jump.
 // (inline, in the backend's backend_types.hpp)
 // [[nodiscard]] std::uint64_t trampoline_entry(std::uint64_t stub) noexcept;
-// Filled in by the trampoline before calling the dispatcher: where the
-// stub's data word is, which names the probe point, and where the stub
-// continues (the relocated region) when no handler redirects execution.
-// (inline, in the backend's backend_types.hpp)
-// [[nodiscard]] std::uint64_t trampoline_data_address(const pt_regs& regs) noexcept;
-// (inline, in the backend's backend_types.hpp)
-// [[nodiscard]] std::uint64_t trampoline_continuation(const pt_regs& regs) noexcept;
-// Sets the fields pt_regs has on the int3 path but a trampoline cannot know.
-// (inline, in the backend's backend_types.hpp)
-// void complete_trampoline_regs(pt_regs& regs, std::uint64_t ip) noexcept;
+// The trampoline calls the dispatcher with the stub's data word (which
+// names the probe point), where the stub continues (the relocated region)
+// when no handler redirects execution, and a pt_regs complete but for ip
+// (the backend's trampoline.hpp: ukp_optimized_pre_hit).
 
 // The probed context's vector registers (x86-64: xmm), as saved by the
 // kernel in a signal frame or by a trampoline: `count` registers of 16

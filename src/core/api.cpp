@@ -175,10 +175,11 @@ UKP_API Result<std::vector<FunctionSymbol>> find_functions(std::string_view modu
 
 UKP_API bool probed_vector_register(unsigned index, void* out) noexcept {
     const core::ThreadRecord* record = core::this_thread_record_if_any();
-    if (record == nullptr || record->vectors == nullptr || index >= record->vector_count) return false;
+    if (record == nullptr || record->vector_view == nullptr || index >= record->vector_view->count) return false;
+    const auto& view = *record->vector_view;
     // Called from handlers: a fixed-size builtin copy, not a call into libc
     // (whose memcpy a user may be probing).
-    __builtin_memcpy(out, record->vectors + static_cast<std::size_t>(index) * record->vector_stride, 16);
+    __builtin_memcpy(out, view.base + static_cast<std::size_t>(index) * view.stride, 16);
     return true;
 }
 

@@ -221,7 +221,7 @@ void on_trap_signal(int signal, siginfo_t* info, void* context) {
     pt_regs regs;
     arch::load_regs(context, regs);
     const auto vectors = arch::vector_registers_of(context);
-    VectorRegistersScope vector_view(record, vectors.base, vectors.stride, vectors.count);
+    VectorRegistersScope vector_view(record, &vectors);
 
     switch (arch::classify_trap(info)) {
     case arch::TrapKind::Breakpoint: {
@@ -367,37 +367,34 @@ void on_fault_signal(int signal, siginfo_t* info, void* context) {
 }
 
 // The trampoline's calls (trampoline.hpp).  The stub's data word names the
-// point; the continuation is the word after it, where the relocated region
-// begins, unless a pre-handler redirected execution.
+// point; the continuation is where the relocated region begins, unless a
+// pre-handler redirected execution.
 template <bool Post>
 [[gnu::always_inline]] inline std::uint64_t optimized_hit(pt_regs* regs, const std::uint8_t* vectors,
-                                                          unsigned vector_count, pt_regs* backup) {
-    const std::uint64_t data = arch::trampoline_data_address(*regs);
-    const std::uint64_t continuation = arch::trampoline_continuation(*regs);
-    // The data word may be unaligned (after the post call's jump over it):
-    // a fixed-size memcpy compiles to one mov without the undefined load.
-    ProbePoint* point;
-    __builtin_memcpy(&point, reinterpret_cast<const void*>(data), sizeof point);
+                                                          unsigned vector_count, pt_regs* backup, void* data,
+                                                          std::uint64_t continuation) {
+    auto* point = static_cast<ProbePoint*>(data);
     ThreadRecord* record = this_thread_record();
     if (record == nullptr) return continuation;
     DispatchScope scope(record);
     // The trampoline saved the vector registers 64 bytes apart.
-    VectorRegistersScope vector_view(record, vectors, 64, static_cast<std::uint8_t>(vector_count));
+    const arch::VectorView view{vectors, 64, static_cast<std::uint8_t>(vector_count)};
+    VectorRegistersScope vector_view(record, &view);
     const HandlerList* list = point->handlers.load(std::memory_order_acquire);
 
     if constexpr (Post) {
         // The first displaced instruction is the probed one.
-        arch::complete_trampoline_regs(*regs, point->address + arch::insn_length(point->insn));
+        arch::set_instruction_pointer(*regs, point->address + arch::insn_length(point->insn));
         if (record->current_probe == nullptr) run_post_handlers(record, list, *regs);
         return continuation;
     } else {
-        arch::complete_trampoline_regs(*regs, point->address);
+        arch::set_instruction_pointer(*regs, point->address);
         if (record->current_probe != nullptr) {
             count_misses(list);
             return continuation;
         }
         const std::uint64_t entry_sp = regs->sp;
-        arch::complete_trampoline_regs(*backup, point->address);
+        arch::set_instruction_pointer(*backup, point->address);
         pt_regs scratch;
         const pt_regs* before = backup;
         ProbeRecord* redirecting = run_pre_handlers(record, list, *regs, scratch, before);
@@ -418,12 +415,12 @@ template <bool Post>
 }  // namespace
 
 extern "C" std::uint64_t ukp_optimized_pre_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned count,
-                                               pt_regs* backup) {
-    return optimized_hit<false>(regs, vectors, count, backup);
+                                               pt_regs* backup, void* point, std::uint64_t continuation) {
+    return optimized_hit<false>(regs, vectors, count, backup, point, continuation);
 }
 extern "C" std::uint64_t ukp_optimized_post_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned count,
-                                                pt_regs* backup) {
-    return optimized_hit<true>(regs, vectors, count, backup);
+                                                pt_regs* backup, void* point, std::uint64_t continuation) {
+    return optimized_hit<true>(regs, vectors, count, backup, point, continuation);
 }
 
 Result<void> install_trap_handlers() {

@@ -61,7 +61,7 @@ inline arch::GuardedCallResult call_guarded(ThreadRecord* record, EscapeKind kin
     EscapeKind outer = record->escape_kind;
     record->escape_kind = kind;
     std::atomic_signal_fence(std::memory_order_seq_cst);
-    auto result = arch::ukp_guarded_call(&record->handler_escape, function, first, second, third);
+    auto result = arch::guarded_call(&record->handler_escape, function, first, second, third);
     std::atomic_signal_fence(std::memory_order_seq_cst);
     record->escape_kind = outer;
     return result;
@@ -82,28 +82,20 @@ bool call_guarded(ThreadRecord* record, EscapeKind kind, Call&& call) {
 
 // Shows the handlers of one hit the probed context's vector registers;
 // nested hits (a handler's signal hitting a probe) restore the outer view.
+// One pointer to the hit's own view: a word saved, set and put back.
 class VectorRegistersScope {
 public:
-    VectorRegistersScope(ThreadRecord* record, const std::uint8_t* base, std::uint16_t stride,
-                         std::uint8_t count) noexcept
-        : record_(record), base_(record->vectors), stride_(record->vector_stride), count_(record->vector_count) {
-        record->vectors = base;
-        record->vector_stride = stride;
-        record->vector_count = count;
+    VectorRegistersScope(ThreadRecord* record, const arch::VectorView* view) noexcept
+        : record_(record), outer_(record->vector_view) {
+        record->vector_view = view;
     }
-    ~VectorRegistersScope() {
-        record_->vectors = base_;
-        record_->vector_stride = stride_;
-        record_->vector_count = count_;
-    }
+    ~VectorRegistersScope() { record_->vector_view = outer_; }
     VectorRegistersScope(const VectorRegistersScope&) = delete;
     VectorRegistersScope& operator=(const VectorRegistersScope&) = delete;
 
 private:
     ThreadRecord* record_;
-    const std::uint8_t* base_;
-    std::uint16_t stride_;
-    std::uint8_t count_;
+    const arch::VectorView* outer_;
 };
 
 }  // namespace ukp::core

@@ -33,6 +33,10 @@
 #include <cstddef>
 #include <cstdint>
 
+namespace ukp::arch {
+struct VectorView;
+}
+
 namespace ukp::core {
 
 struct ProbeRecord;
@@ -91,15 +95,13 @@ struct ThreadRecord {
 
     // The probe whose handler runs now on this thread (kernel: current_kprobe).
     ProbeRecord* current_probe = nullptr;
-    // Where a faulting handler is abandoned to (arch::ukp_guarded_call; 0:
+    // Where a faulting handler is abandoned to (arch::guarded_call; 0:
     // no guarded call runs), and what that call protects (dispatch.cpp).
     std::uint64_t handler_escape = 0;
     EscapeKind escape_kind = EscapeKind::None;
     // The probed context's saved vector registers while its handlers run
-    // (arch::VectorView's fields; null outside handlers).
-    const std::uint8_t* vectors = nullptr;
-    std::uint16_t vector_stride = 0;
-    std::uint8_t vector_count = 0;
+    // (null outside handlers).
+    const arch::VectorView* vector_view = nullptr;
 
     // Pending returns of return probes (kretprobe.cpp).
     ReturnStack return_stack;

@@ -100,7 +100,7 @@ void load_regs(const void* ucontext, pt_regs& regs) noexcept {
     regs.cs = static_cast<std::uint64_t>(g[REG_CSGSFS]) & 0xffff;
     regs.flags = g[REG_EFL];
     regs.sp = g[REG_RSP];
-    regs.ss = 0x2b;  // __USER_DS; not in the ucontext, constant for 64-bit user code
+    regs.ss = x86::user_ss;  // not in the ucontext, constant for 64-bit user code
 }
 
 void store_regs(const pt_regs& regs, void* ucontext) noexcept {

@@ -54,17 +54,4 @@ struct OptimizedRegion {
 inline void set_instruction_pointer(pt_regs& regs, std::uint64_t address) noexcept { regs.ip = address; }
 
 [[nodiscard]] inline std::uint64_t trampoline_entry(std::uint64_t stub) noexcept { return x86::stub_entry(stub); }
-// The body passes the return address its call pushed in orig_ax: the data
-// word precedes the call sequence, the relocated region follows it.
-[[nodiscard]] inline std::uint64_t trampoline_data_address(const pt_regs& regs) noexcept {
-    return x86::stub_data_address(regs.orig_ax);
-}
-[[nodiscard]] inline std::uint64_t trampoline_continuation(const pt_regs& regs) noexcept { return regs.orig_ax; }
-inline void complete_trampoline_regs(pt_regs& regs, std::uint64_t ip) noexcept {
-    regs.ip = ip;
-    regs.orig_ax = ~0ul;
-    regs.cs = 0x33;  // __USER_CS
-    regs.ss = 0x2b;  // __USER_DS
-}
-
 }  // namespace ukp::arch

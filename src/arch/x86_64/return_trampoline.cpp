@@ -81,10 +81,14 @@ ukp_return_trampoline:
         mov [rbx + %c[sp]], rax
         mov qword ptr [rbx + %c[orig_ax]], -1
         mov qword ptr [rbx + %c[ip]], 0
-        mov qword ptr [rbx + %c[cs]], 0x33
-        mov qword ptr [rbx + %c[ss]], 0x2b
+        mov qword ptr [rbx + %c[cs]], %c[user_cs]
+        mov qword ptr [rbx + %c[ss]], %c[user_ss]
+        # The ABI returns with DF clear; a function that broke that gets it
+        # cleared for our code (the exit's popfq path puts it back).
+        test byte ptr [rbx + %c[flags] + 1], 4
+        jz 2f
         cld
-        and rsp, -64
+2:      and rsp, -64
         sub rsp, %c[vector_area]
         xor eax, eax
         cmp dword ptr [rip + ukp_return_trampoline_xinuse], 0
@@ -121,7 +125,8 @@ ukp_return_trampoline:
         .size ukp_return_trampoline, .-ukp_return_trampoline
         )" UKP_ASM_PURGE_GPR_MACROS UKP_ASM_PURGE_VECTOR_MACROS UKP_ASM_PURGE_FLAGS_MACRO
         ".att_syntax prefix\n"
-        ".popsection\n" ::UKP_PT_REGS_OPERANDS, UKP_FLAGS_OPERANDS, [vector_area] "i"(vector_area), [fnsave] "i"(fnsave_offset));
+        ".popsection\n" ::UKP_PT_REGS_OPERANDS, UKP_FLAGS_OPERANDS, [vector_area] "i"(vector_area), [fnsave] "i"(fnsave_offset),
+          [user_cs] "i"(user_cs), [user_ss] "i"(user_ss));
 }
 
 }  // namespace ukp::x86

@@ -52,6 +52,11 @@
 
 namespace ukp::x86 {
 
+// The user code and stack segments of x86-64 Linux (__USER_CS, __USER_DS),
+// what pt_regs.cs and .ss hold on the int3 path.
+inline constexpr std::uint64_t user_cs = 0x33;
+inline constexpr std::uint64_t user_ss = 0x2b;
+
 // How far below the probed code's stack pointer the body builds its frame:
 // room for a pre-handler that lowers regs.sp (say, to push a return address)
 // before redirecting; see trampoline.cpp.
@@ -106,12 +111,13 @@ struct StubLayout {
 
 }  // namespace ukp::x86
 
-// The C++ side of the bodies (src/core/dispatch.cpp).  `regs->orig_ax`
-// carries the return address of the stub's call; `vectors` the saved xmm
-// registers (64 bytes apart, `count` of them); `backup` the general
-// registers, flags and sp again (its other fields are not set).  Returns
-// where to continue.
+// The C++ side of the bodies (src/core/dispatch.cpp).  `regs` has every
+// field but ip (orig_ax -1, cs and ss the user segments); `vectors` the
+// saved xmm registers (64 bytes apart, `count` of them); `backup` the same
+// general registers, flags, sp, orig_ax, cs and ss again (not ip); `point`
+// the stub's data word (the ProbePoint); `continuation` where the stub goes
+// on, the relocated region.  Returns where to continue.
 extern "C" std::uint64_t ukp_optimized_pre_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned count,
-                                               pt_regs* backup);
+                                               pt_regs* backup, void* point, std::uint64_t continuation);
 extern "C" std::uint64_t ukp_optimized_post_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned count,
-                                                pt_regs* backup);
+                                                pt_regs* backup, void* point, std::uint64_t continuation);
