@@ -118,9 +118,24 @@ struct Memory {
 // Decides whether the probe at `address` can be optimized, on the original
 // bytes of its whole function; the error is the reason it cannot.
 // `probed` is the probe's instruction as prepare_insn() saw it.
+// `direct_callers`: whether code of the function's module may call or jump
+// straight to its start (direct_branch_targets).  Only then can a caller
+// have kept values in registers the ABI says a call destroys: with
+// interprocedural register allocation (GCC's -fipa-ra, on at -O2) a caller
+// of a function it sees compiled in the same unit keeps values in the
+// caller-saved registers that function leaves alone, so at such a
+// function's entry more is live than its arguments.  A call through the PLT,
+// the GOT or a pointer cannot rely on that.
 [[nodiscard]] std::expected<OptimizedRegion, std::string> plan_optimization(
     std::span<const std::uint8_t> function_code, std::uint64_t function_start, std::uint64_t address,
-    const PreparedInsn& probed, bool with_post_handler);
+    const PreparedInsn& probed, bool with_post_handler, bool direct_callers);
+// Every address inside [start, start + code.size()) that a direct call,
+// jump or conditional jump (rel32 or rel8) in `code`, mapped at `start`,
+// would go to; unsorted, with repeats.  Read from the bytes without
+// decoding, so bytes inside other instructions count too: it can only make
+// a function look called when it is not, the safe mistake.
+[[nodiscard]] std::vector<std::uint64_t> direct_branch_targets(std::span<const std::uint8_t> code,
+                                                               std::uint64_t start);
 [[nodiscard]] std::uint64_t region_start(const OptimizedRegion& plan) noexcept;
 [[nodiscard]] std::size_t region_length(const OptimizedRegion& plan) noexcept;
 

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <array>
+#include <map>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -197,12 +198,17 @@ private:
     // Whether a jump removal was queued.
     bool unoptimize_enclosing_locked(std::uint64_t address, Batch& batch);
     [[nodiscard]] std::string why_not_optimize_locked(const ProbePoint& point);
+    // Whether code of the module holding `function_start` may branch or call
+    // straight to it (arch::direct_branch_targets, computed once per module).
+    [[nodiscard]] bool has_direct_callers_locked(std::uint64_t function_start);
     void complete_optimizations_locked();
     void try_completing_optimizations_locked();
 
     std::mutex lock_;
     bool initialized_ = false;
     std::optional<elf::SymbolIndex> symbols_;
+    // Per module (path, load bias): arch::direct_branch_targets of its code.
+    std::map<std::pair<std::string, std::uint64_t>, std::vector<std::uint64_t>> direct_targets_;
     unsigned long long symbols_generation_ = 0;
     std::vector<std::pair<std::uint64_t, std::uint64_t>> blacklist_;
     std::vector<std::pair<std::uint64_t, std::uint64_t>> own_code_;  // this library's code

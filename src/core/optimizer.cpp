@@ -71,6 +71,21 @@ std::string Engine::why_not_optimize_locked(const ProbePoint& point) {
     return {};
 }
 
+bool Engine::has_direct_callers_locked(std::uint64_t function_start) {
+    const elf::Module* module = symbols_locked().module_containing(function_start);
+    if (module == nullptr) return true;  // unknown code: assume the worst
+    auto [entry, inserted] = direct_targets_.try_emplace({module->path, module->bias});
+    if (inserted) {
+        for (const auto& segment : module->executable_segments) {
+            auto code = read_original_code(segment.start, segment.end - segment.start);
+            auto targets = arch::direct_branch_targets(code, segment.start);
+            entry->second.insert(entry->second.end(), targets.begin(), targets.end());
+        }
+        std::sort(entry->second.begin(), entry->second.end());
+    }
+    return std::binary_search(entry->second.begin(), entry->second.end(), function_start);
+}
+
 void Engine::optimize_locked(std::vector<ProbePoint*> points) {
     std::sort(points.begin(), points.end());
     points.erase(std::unique(points.begin(), points.end()), points.end());
@@ -94,7 +109,7 @@ void Engine::optimize_locked(std::vector<ProbePoint*> points) {
         auto code = read_original_code(function->address, function->size);
         const HandlerList* list = point->handlers.load(std::memory_order_relaxed);
         auto plan = arch::plan_optimization(code, function->address, point->address, point->insn,
-                                            list->has_post_handler);
+                                            list->has_post_handler, has_direct_callers_locked(function->address));
         if (!plan) {
             point->not_optimized = std::move(plan.error());
             continue;

@@ -339,14 +339,16 @@ FUNCTION vector_entry_function
 END vector_entry_function
 
 # void vector_entry_run(const void *in, void *out): ymm0-7 from in, a call
-# to vector_entry_function, ymm0-7 to out.
+# to vector_entry_function through a register (as through the PLT: only
+# the argument registers carry anything into it), ymm0-7 to out.
 FUNCTION vector_entry_run
         push rbx
         mov rbx, rsi
         .irp i, 0,1,2,3,4,5,6,7
         vmovdqu ymm\i, [rdi + 32*\i]
         .endr
-        call vector_entry_function
+        lea rax, [rip + vector_entry_function]
+        call rax
         .irp i, 0,1,2,3,4,5,6,7
         vmovdqu [rbx + 32*\i], ymm\i
         .endr
@@ -354,6 +356,30 @@ FUNCTION vector_entry_run
         pop rbx
         ret
 END vector_entry_run
+
+# What -fipa-ra does: ipa_caller_run(in, out) loads ymm0-15 from in, calls
+# ipa_callee directly, and stores ymm0-15 to out, as a caller does that keeps
+# its own values in the registers a callee it was compiled with leaves alone.
+FUNCTION ipa_callee
+        lea r11, [r11 + 0]
+        nop
+        ret
+END ipa_callee
+
+FUNCTION ipa_caller_run
+        push rbx
+        mov rbx, rsi
+        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+        vmovdqu ymm\i, [rdi + 32*\i]
+        .endr
+        call ipa_callee
+        .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+        vmovdqu [rbx + 32*\i], ymm\i
+        .endr
+        vzeroupper
+        pop rbx
+        ret
+END ipa_caller_run
 
         .data
         .p2align 3

@@ -42,6 +42,8 @@ void vector_clobber_run(const void* in, void* out);
 extern char vector_clobber_site[];
 void vector_entry_function(void);
 void vector_entry_run(const void* in, void* out);
+void ipa_callee(void);
+void ipa_caller_run(const void* in, void* out);
 
 std::uint64_t flags_run(std::uint64_t flags);
 extern char flags_site[];

@@ -252,6 +252,21 @@ TEST(Optimized, EntryProbePreservesArgumentYmmRegisters) {
     EXPECT_EQ(out, in);
 }
 
+// A function that code of its own module calls directly may have callers
+// that keep values in caller-saved registers across the call (-fipa-ra):
+// its entry probe preserves every vector register, not just the arguments.
+TEST(Optimized, EntryProbeOfADirectlyCalledFunctionPreservesEveryYmmRegister) {
+    if (!cpu_has_avx2()) GTEST_SKIP() << "the CPU has no AVX2";
+    auto in = pattern(16 * 32);
+    std::vector<unsigned char> out(16 * 32);
+    ukp::Kprobe probe{.addr = function_address(ipa_callee), .pre_handler = clobber_vectors};
+    ASSERT_TRUE(ukp::register_kprobe(probe));
+    ASSERT_EQ(info_of(function_address(ipa_callee)).kind, "optimized") << ukp::format_probe_list();
+    ipa_caller_run(in.data(), out.data());
+    EXPECT_EQ(probe.nhit(), 1u);
+    EXPECT_EQ(out, in);
+}
+
 // Real code: probes on every function of Debian's libz, driven through a
 // compress/uncompress round trip.  The output must be what it is without
 // probes, and the optimized probes must count exactly what int3 probes count.

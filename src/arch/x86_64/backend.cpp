@@ -174,7 +174,8 @@ bool can_use_trampolines() noexcept {
 
 std::expected<OptimizedRegion, std::string> plan_optimization(std::span<const std::uint8_t> function_code,
                                                               std::uint64_t function_start, std::uint64_t address,
-                                                              const PreparedInsn& probed, bool with_post_handler) {
+                                                              const PreparedInsn& probed, bool with_post_handler,
+                                                              bool direct_callers) {
     auto check = x86::check_optimizable(function_code, function_start, address, &probed.probe.insn);
     if (!check.can_optimize())
         return std::unexpected(fmt::format("{}: {}", x86::describe(check.blocker), check.detail));
@@ -192,10 +193,35 @@ std::expected<OptimizedRegion, std::string> plan_optimization(std::span<const st
     plan.region = std::move(check.region);
     plan.at_function_entry = address == function_start;
     plan.with_post_handler = with_post_handler;
+    plan.direct_callers = direct_callers;
     auto offset = address - function_start;
     std::copy_n(function_code.begin() + static_cast<std::ptrdiff_t>(offset),
                 std::min(plan.region.length, plan.original.size()), plan.original.begin());
     return plan;
+}
+
+std::vector<std::uint64_t> direct_branch_targets(std::span<const std::uint8_t> code, std::uint64_t start) {
+    std::vector<std::uint64_t> targets;
+    const std::size_t size = code.size();
+    auto add = [&](std::size_t end, std::int64_t displacement) {
+        const std::uint64_t target = start + end + static_cast<std::uint64_t>(displacement);
+        if (target >= start && target < start + size) targets.push_back(target);
+    };
+    auto rel32 = [&](std::size_t at) {
+        std::int32_t value;
+        std::memcpy(&value, code.data() + at, sizeof value);
+        return static_cast<std::int64_t>(value);
+    };
+    for (std::size_t i = 0; i < size; ++i) {
+        const std::uint8_t byte = code[i];
+        if ((byte == 0xe8 || byte == 0xe9) && i + 5 <= size)  // call/jmp rel32
+            add(i + 5, rel32(i + 1));
+        else if (byte == 0x0f && i + 6 <= size && (code[i + 1] & 0xf0) == 0x80)  // jcc rel32 (a conditional tail call)
+            add(i + 6, rel32(i + 2));
+        if ((byte == 0xeb || (byte & 0xf0) == 0x70) && i + 2 <= size)  // jmp/jcc rel8
+            add(i + 2, static_cast<std::int8_t>(code[i + 1]));
+    }
+    return targets;
 }
 
 std::uint64_t region_start(const OptimizedRegion& plan) noexcept { return plan.region.start; }
@@ -203,9 +229,18 @@ std::size_t region_length(const OptimizedRegion& plan) noexcept { return plan.re
 
 Result<void> build_trampoline(OptimizedRegion& plan, std::uint64_t stub, const void* point,
                               std::span<std::uint8_t, slot_size> out) {
-    auto built = x86::build_stub(plan.region, stub, point,
-                                 plan.at_function_entry ? x86::BodyKind::Entry : x86::BodyKind::Middle,
-                                 plan.with_post_handler, out, &plan.layout);
+    // Saving only the argument registers at an entry is right only when no
+    // caller can have kept its own values in other registers across the
+    // call (plan_optimization).  Leaving out k0-7 and zmm16-31 in a function
+    // without AVX-512 code is not proven the same way: a caller compiled for
+    // AVX-512 in the same unit could keep values there.  That needs an
+    // AVX-512 caller and -fipa-ra together; saving them for every directly
+    // called function would cost every mid-function probe ~1 KiB of moves
+    // on a machine where glibc's EVEX string functions keep them in use.
+    auto built = x86::build_stub(
+        plan.region, stub, point,
+        plan.at_function_entry && !plan.direct_callers ? x86::BodyKind::Entry : x86::BodyKind::Middle,
+        plan.with_post_handler, !plan.region.function_uses_avx512, out, &plan.layout);
     if (!built) return std::unexpected(built.error());
     return {};
 }

@@ -43,6 +43,7 @@ struct OptimizedRegion {
     std::array<std::uint8_t, 32> original{};  // the region's original bytes
     bool at_function_entry = false;
     bool with_post_handler = false;
+    bool direct_callers = true;  // plan_optimization's parameter
 };
 
 // Small accessors the trap path calls on every hit, inline.

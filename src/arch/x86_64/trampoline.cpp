@@ -241,13 +241,12 @@ void emit_body_call(std::span<std::uint8_t> out, std::size_t at, std::size_t poi
 
 
 Result<std::size_t> build_stub(const DisplacedRegion& region, std::uint64_t stub_address, const void* point,
-                               BodyKind pre_body, bool post_after_first, std::span<std::uint8_t> out,
-                               StubLayout* layout) {
+                               BodyKind pre_body, bool post_after_first, bool narrow,
+                               std::span<std::uint8_t> out, StubLayout* layout) {
     if (out.size() < stub_call_sequence * 2 + body_pointer_bytes + jmp_rel32_length)
         return make_error(Errc::InvalidArgument, "trampoline stub buffer too small");
     std::memset(out.data(), 0xcc, out.size());  // int3 padding
     const std::size_t pre_pointer = out.size() - 8, post_pointer = out.size() - 16;
-    bool narrow = !region.function_uses_avx512;
     void* pre = pre_body == BodyKind::Entry ? static_cast<void*>(ukp_trampoline_body_entry)
                 : narrow                    ? static_cast<void*>(ukp_trampoline_body_middle_narrow)
                                             : static_cast<void*>(ukp_trampoline_body_middle);

@@ -36,7 +36,10 @@
 // At a function's entry the System V ABI makes every vector register
 // caller-saved except the argument registers (x/y/zmm0-7) and MXCSR's
 // control bits (callee-saved, so a handler restores them itself): the entry
-// body saves only those.  XSAVE is never used: on these machines it costs
+// body saves only those.  It is used only where no code of the module calls
+// the function directly (-fipa-ra callers keep values in caller-saved
+// registers: arch/backend.hpp, plan_optimization); elsewhere an entry gets
+// the middle body.  XSAVE is never used: on these machines it costs
 // ~150 ns against ~10 ns for the moves.  Not preserved: the x87 register
 // stack (a handler using long double at a probe inside x87 code could
 // overflow it) and AMX tiles.
@@ -70,13 +73,15 @@ inline constexpr std::size_t stub_data_length = 8;
 inline constexpr std::size_t stub_call_sequence = 8 + 5 + 6;  // data, lea, call
 
 // The stub for `region`, to live at `stub_address`.  `post_after_first`
-// inserts the post-handler call after the first DCR instruction.
+// inserts the post-handler call after the first DCR instruction; `narrow`
+// picks the bodies that leave k0-7 and zmm16-31 alone (the caller decides
+// when that is safe: backend.cpp, build_trampoline).
 // Errc::OutOfRange when a relocated operand cannot reach; InvalidArgument
 // when it does not fit in `out`.
 struct StubLayout;
 [[nodiscard]] Result<std::size_t> build_stub(const DisplacedRegion& region, std::uint64_t stub_address,
                                              const void* point, BodyKind pre_body, bool post_after_first,
-                                             std::span<std::uint8_t> out, StubLayout* layout);
+                                             bool narrow, std::span<std::uint8_t> out, StubLayout* layout);
 
 // Where a thread enters a stub (after its first data word).
 [[nodiscard]] inline std::uint64_t stub_entry(std::uint64_t stub_address) noexcept {
