@@ -138,6 +138,21 @@ bool glob_match(std::string_view pattern, std::string_view text) noexcept {
     return p == pattern.size();
 }
 
+// One relational test on numbers of the field's signedness; anything else
+// is the kernel's `&` (the bits in common).
+template <class Number>
+bool compare(Number a, Number b, Operator op) noexcept {
+    switch (op) {
+    case Operator::Equal: return a == b;
+    case Operator::NotEqual: return a != b;
+    case Operator::Less: return a < b;
+    case Operator::LessEqual: return a <= b;
+    case Operator::Greater: return a > b;
+    case Operator::GreaterEqual: return a >= b;
+    default: return (static_cast<std::uint64_t>(a) & static_cast<std::uint64_t>(b)) != 0;
+    }
+}
+
 bool holds(const Filter::Program& program, const Filter::Program::Test& test,
            std::span<const Filter::Value> fields) noexcept {
     // A missing field, or one of the other kind, fails its predicate.
@@ -162,30 +177,9 @@ bool holds(const Filter::Program& program, const Filter::Program::Test& test,
     if (value.is_string) {
         return false;
     }
-    if (test.operand == Operand::Signed) {
-        const auto a = static_cast<std::int64_t>(value.number);
-        const auto b = static_cast<std::int64_t>(test.number);
-        switch (test.op) {
-        case Operator::Equal: return a == b;
-        case Operator::NotEqual: return a != b;
-        case Operator::Less: return a < b;
-        case Operator::LessEqual: return a <= b;
-        case Operator::Greater: return a > b;
-        case Operator::GreaterEqual: return a >= b;
-        default: return (value.number & test.number) != 0;
-        }
-    }
-    const std::uint64_t a = value.number;
-    const std::uint64_t b = test.number;
-    switch (test.op) {
-    case Operator::Equal: return a == b;
-    case Operator::NotEqual: return a != b;
-    case Operator::Less: return a < b;
-    case Operator::LessEqual: return a <= b;
-    case Operator::Greater: return a > b;
-    case Operator::GreaterEqual: return a >= b;
-    default: return (a & b) != 0;
-    }
+    if (test.operand == Operand::Signed)
+        return compare(static_cast<std::int64_t>(value.number), static_cast<std::int64_t>(test.number), test.op);
+    return compare(value.number, test.number, test.op);
 }
 
 }  // namespace
