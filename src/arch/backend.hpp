@@ -118,7 +118,8 @@ struct Memory {
 // Decides whether the probe at `address` can be optimized, on the original
 // bytes of its whole function; the error is the reason it cannot.
 // `probed` is the probe's instruction as prepare_insn() saw it.
-// `direct_callers`: whether code of the function's module may call or jump
+// `direct_callers` (read only when `address` is the function's start):
+// whether code of the function's module may call or jump
 // straight to its start (direct_branch_targets).  Only then can a caller
 // have kept values in registers the ABI says a call destroys: with
 // interprocedural register allocation (GCC's -fipa-ra, on at -O2) a caller

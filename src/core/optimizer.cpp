@@ -109,7 +109,9 @@ void Engine::optimize_locked(std::vector<ProbePoint*> points) {
         auto code = read_original_code(function->address, function->size);
         const HandlerList* list = point->handlers.load(std::memory_order_relaxed);
         auto plan = arch::plan_optimization(code, function->address, point->address, point->insn,
-                                            list->has_post_handler, has_direct_callers_locked(function->address));
+                                            list->has_post_handler,
+                                            point->address == function->address &&
+                                                has_direct_callers_locked(function->address));
         if (!plan) {
             point->not_optimized = std::move(plan.error());
             continue;
