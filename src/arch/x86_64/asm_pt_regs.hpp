@@ -68,10 +68,12 @@
     "mov rdi, [rsp + %c[di]]\n"             \
     ".endm\n"
 
-// UKP_SAVE_LOW_VECTORS last / UKP_RESTORE_LOW_VECTORS last: xmm0..last
-// always (legacy SSE encoding leaves the upper bits alone), ymm when XINUSE
-// bit 2 (AVX) is set, zmm when bit 6 (ZMM_Hi256) is.  Labels 91-95 are the
-// macros' own.
+// UKP_SAVE_LOW_VECTORS last / UKP_RESTORE_LOW_VECTORS last: registers
+// 0..last at the widest width in use, one move each: zmm when XINUSE bit 6
+// (ZMM_Hi256) is set, else ymm when bit 2 (AVX) is, else xmm (legacy SSE
+// encoding, which leaves clean upper halves clean).  Saving every narrower
+// width as well would triple the stores in AVX-512 processes.  Labels 90-95
+// are the macros' own.
 #define UKP_ASM_VECTOR_MACROS                                   \
     ".macro UKP_VECTORS_0_TO instruction, last, reg, store\n"   \
     ".irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n"          \
@@ -85,13 +87,16 @@
     ".endr\n"                                                  \
     ".endm\n"                                                  \
     ".macro UKP_SAVE_LOW_VECTORS last\n"                        \
-    "UKP_VECTORS_0_TO movaps, \\last, xmm, 1\n"                 \
-    "test r12d, 0x4\n"                                         \
+    "test r12d, 0x40\n"                                        \
     "jz 91f\n"                                                 \
-    "UKP_VECTORS_0_TO vmovdqu, \\last, ymm, 1\n"                \
-    "91: test r12d, 0x40\n"                                    \
-    "jz 92f\n"                                                 \
     "UKP_VECTORS_0_TO vmovdqu64, \\last, zmm, 1\n"              \
+    "jmp 92f\n"                                                \
+    "91: test r12d, 0x4\n"                                     \
+    "jz 90f\n"                                                 \
+    "UKP_VECTORS_0_TO vmovdqu, \\last, ymm, 1\n"                \
+    "jmp 92f\n"                                                \
+    "90:\n"                                                    \
+    "UKP_VECTORS_0_TO movaps, \\last, xmm, 1\n"                 \
     "92:\n"                                                    \
     ".endm\n"                                                  \
     ".macro UKP_RESTORE_LOW_VECTORS last\n"                     \
