@@ -222,7 +222,7 @@ void release_return_probe(ReturnProbe* probe) noexcept {
 using namespace ukp;
 using namespace ukp::core;
 
-extern "C" __attribute__((visibility("hidden"))) std::uint64_t ukp_return_probe_hit(pt_regs* regs) {
+extern "C" __attribute__((visibility("hidden"))) std::uint64_t ukp_return_probe_hit(pt_regs* regs, pt_regs* backup) {
     ThreadRecord* record = this_thread_record_if_any();
     if (record == nullptr) fatal("ukprobes: a return probe's trampoline was reached by a thread without instances\n");
     ReturnPathScope scope(record);
@@ -235,6 +235,7 @@ extern "C" __attribute__((visibility("hidden"))) std::uint64_t ukp_return_probe_
         fatal("ukprobes: a return probe's trampoline found no instance for its stack slot; aborting\n");
     // Step 2.
     std::uint64_t return_address = 0;
+    bool backup_is_current = true;
     while ((instance = stack.top()) != nullptr && instance->slot == slot && instance->armed) {
         return_address = instance->return_address;
         regs->ip = return_address;
@@ -243,13 +244,16 @@ extern "C" __attribute__((visibility("hidden"))) std::uint64_t ukp_return_probe_
             std::uint64_t sp = regs->sp;
             // Guarded like every handler: a fault abandons the call (see
             // dispatch.cpp for the policy) as if it changed nothing, and the
-            // return still completes.
-            pt_regs before;
-            copy_regs(before, *regs);
-            if (!call_guarded(record, EscapeKind::Handler, reinterpret_cast<const void*>(probe->return_handler),
-                              probe, instance, regs)
-                     .completed)
-                copy_regs(*regs, before);
+            // return still completes.  The trampoline saved the registers
+            // twice; after a handler that completed, the copy is renewed.
+            if (!backup_is_current) copy_regs(*backup, *regs);
+            backup->ip = return_address;
+            if (call_guarded(record, EscapeKind::Handler, reinterpret_cast<const void*>(probe->return_handler), probe,
+                             instance, regs)
+                    .completed)
+                backup_is_current = false;
+            else
+                copy_regs(*regs, *backup);
             regs->sp = sp;  // the trampoline returns with the stack as it is
         }
         release_top(*record);

@@ -24,7 +24,9 @@
 // Frame, from the slot S (where the return address was) downwards:
 //   S          the real return address, written before the exit
 //   S-8        the flags (pushfq)
-//   below      struct pt_regs, then the 64-byte aligned vector area
+//   below      struct pt_regs; a second copy of its general registers,
+//              flags and sp (the backup a faulting handler's changes are
+//              undone from); the 64-byte aligned vector area
 // Exit: restore everything from pt_regs, rsp = S + 8, `jmp [S]`: rip = the
 // real return address, rsp = S + 8, exactly what the caller expects.  A
 // signal arriving before the jump builds its frame below S + 8 - 128: [S]
@@ -41,8 +43,9 @@
 extern "C" {
 // 1 when xgetbv(ecx=1) may be used (XINUSE), set by prepare_return_trampoline.
 __attribute__((visibility("hidden"))) std::uint32_t ukp_return_trampoline_xinuse = 0;
-// core/kretprobe.cpp: runs the return handlers, returns the real address.
-std::uint64_t ukp_return_probe_hit(pt_regs* regs);
+// core/kretprobe.cpp: runs the return handlers (`backup`: a second copy of
+// the general registers, flags and sp), returns the real address.
+std::uint64_t ukp_return_probe_hit(pt_regs* regs, pt_regs* backup);
 extern char ukp_return_trampoline[];
 }
 
@@ -74,21 +77,33 @@ ukp_return_trampoline:
         pushfq
         lea rsp, [rsp - %c[regs_size]]
         UKP_SAVE_GPRS
+        UKP_SAVE_GPRS -%c[regs_size]
         mov rbx, rsp
         mov rax, [rbx + %c[regs_size]]
         mov [rbx + %c[flags]], rax
+        mov [rbx - %c[regs_size] + %c[flags]], rax
         lea rax, [rbx + %c[regs_size] + 16]
         mov [rbx + %c[sp]], rax
-        mov qword ptr [rbx + %c[orig_ax]], -1
-        mov qword ptr [rbx + %c[ip]], 0
-        mov qword ptr [rbx + %c[cs]], %c[user_cs]
-        mov qword ptr [rbx + %c[ss]], %c[user_ss]
+        mov [rbx - %c[regs_size] + %c[sp]], rax
+        mov rax, -1
+        mov [rbx + %c[orig_ax]], rax
+        mov [rbx - %c[regs_size] + %c[orig_ax]], rax
+        xor eax, eax
+        mov [rbx + %c[ip]], rax
+        mov [rbx - %c[regs_size] + %c[ip]], rax
+        mov eax, %c[user_cs]
+        mov [rbx + %c[cs]], rax
+        mov [rbx - %c[regs_size] + %c[cs]], rax
+        mov eax, %c[user_ss]
+        mov [rbx + %c[ss]], rax
+        mov [rbx - %c[regs_size] + %c[ss]], rax
         # The ABI returns with DF clear; a function that broke that gets it
         # cleared for our code (the exit's popfq path puts it back).
         test byte ptr [rbx + %c[flags] + 1], 4
         jz 2f
         cld
-2:      and rsp, -64
+2:      lea rsp, [rbx - %c[regs_size]]
+        and rsp, -64
         sub rsp, %c[vector_area]
         xor eax, eax
         cmp dword ptr [rip + ukp_return_trampoline_xinuse], 0
@@ -104,6 +119,7 @@ ukp_return_trampoline:
         fnsave [rsp + %c[fnsave]]
 4:
         mov rdi, rbx
+        lea rsi, [rbx - %c[regs_size]]  # the backup
         call ukp_return_probe_hit
         mov [rbx + %c[regs_size] + 8], rax
 
