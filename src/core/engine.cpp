@@ -434,6 +434,7 @@ void Engine::publish_handlers_locked(ProbePoint& point, std::vector<ProbeRecord*
     list->probes = std::move(probes);
     list->has_post_handler = std::any_of(list->probes.begin(), list->probes.end(),
                                          [](const ProbeRecord* probe) { return probe->post_handler != nullptr; });
+    if (list->probes.size() == 1 && list->probes.front()->pre_handler != nullptr) list->only_pre = list->probes.front();
     bool has_post = list->has_post_handler;
     const HandlerList* previous = point.handlers.exchange(list.release(), std::memory_order_seq_cst);
     if (previous) retired_lists_.emplace_back(previous);

@@ -83,6 +83,9 @@ struct ProbeRecord {
 struct HandlerList {
     std::vector<ProbeRecord*> probes;
     bool has_post_handler = false;
+    // The one record, when there is exactly one and it has a pre-handler:
+    // the optimized path's fast case (dispatch.cpp).
+    ProbeRecord* only_pre = nullptr;
 };
 
 // Optimization of a point, read by the trap path:

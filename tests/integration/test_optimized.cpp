@@ -80,6 +80,29 @@ TEST(Optimized, PreHandlerRedirectSkipsTheFunction) {
     EXPECT_EQ(opt_plain(5), 8);
 }
 
+// The trampoline's frame sits a fixed allowance below the probed code's
+// stack; a redirect that needs the stack lower than that cannot be carried
+// out there.  It is refused as a whole: the function runs as if the handler
+// had returned 0 and changed nothing, and nfault counts it.
+TEST(Optimized, RedirectLoweringSpBeyondTheTrampolinesAllowanceIsUndone) {
+    ukp::Kprobe probe{.addr = function_address(opt_plain), .pre_handler = [](ukp::Kprobe&, ukp::Regs& regs) {
+                          regs.di = 100;
+                          regs.sp -= 64 * 1024;
+                          regs.ip = reinterpret_cast<unsigned long>(opt_plain_second);
+                          return 1;
+                      }};
+    ASSERT_TRUE(ukp::register_kprobe(probe));
+    ASSERT_EQ(info_of(function_address(opt_plain)).kind, "optimized");
+    testing::internal::CaptureStderr();
+    EXPECT_EQ(opt_plain(5), 8);
+    EXPECT_EQ(opt_plain(6), 9);
+    std::string said = testing::internal::GetCapturedStderr();
+    EXPECT_EQ(probe.nhit(), 2u);
+    EXPECT_EQ(probe.nfault(), 2u);
+    EXPECT_NE(said.find("lowered sp"), std::string::npos) << said;
+    EXPECT_EQ(said.find("lowered sp"), said.rfind("lowered sp")) << "said once per probe: " << said;
+}
+
 TEST(Optimized, HandlerCallingAProbedFunctionCountsAMiss) {
     std::atomic<int> inner_hits{0};
     auto inner = counting(opt_plain_second, inner_hits);
