@@ -87,7 +87,7 @@ void check_definition(const ukp::tracer::Definition& definition, std::string_vie
             const std::size_t cut = input.empty() ? 0 : (i * 7 + static_cast<std::size_t>(round) * 13) % input.size();
             value.is_string = ((i + static_cast<std::size_t>(round)) % 3) == 0;
             value.string = input.substr(cut, static_cast<std::size_t>(round) * 5);
-            value.number = round == 0 ? 0 : round == 1 ? ~std::uint64_t{0} : std::uint64_t{0x8000000000000000u} >> i;
+            value.number = round == 0 ? 0 : round == 1 ? ~std::uint64_t{0} : std::uint64_t{0x8000000000000000u} >> (i % 64);
         }
         const bool all = definition.filter->matches(values);
         const bool fewer = definition.filter->matches(std::span(values).first(values.size() / 2));
