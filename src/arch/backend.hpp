@@ -198,7 +198,21 @@ void set_ucontext_instruction_pointer(void* ucontext, std::uint64_t address) noe
 [[nodiscard]] std::uint64_t return_address_slot_at_entry(const pt_regs& regs) noexcept;
 // In the return trampoline: where the return address was stored.
 [[nodiscard]] std::uint64_t return_address_slot_at_return(const pt_regs& regs) noexcept;
-// Called once before the first return probe is armed.
+// Called once before the first return probe is armed (not async-signal-safe).
 void prepare_return_trampoline() noexcept;
+// Return landings (return_trampoline.cpp): distinct return addresses that
+// continue in the trampoline and carry unwind information naming the real
+// return address, so that an unwinder (thread cancellation) passes them.
+// Made by prepare_return_trampoline.  A thread claims a block of
+// landings_per_block() (-1: none left) and uses them as a stack; the rest
+// is async-signal-safe.
+void prepare_return_landings() noexcept;
+[[nodiscard]] std::size_t landings_per_block() noexcept;
+[[nodiscard]] std::int32_t claim_return_landing_block() noexcept;
+// Stores `return_address` for landing `index` and returns the landing's address.
+[[nodiscard]] std::uint64_t return_landing(std::size_t index, std::uint64_t return_address) noexcept;
+[[nodiscard]] std::uint64_t return_landing_address(std::size_t index) noexcept;
+// The trampoline or a landing: a return address a return probe put there.
+[[nodiscard]] bool is_return_hijack(std::uint64_t address) noexcept;
 
 }  // namespace ukp::arch

@@ -103,11 +103,24 @@ private:
     ProbeRecord* saved_probe_;
 };
 
+// What the hijacked slot of `instance` holds.
+std::uint64_t hijack_word(const ReturnInstance& instance) noexcept {
+    return instance.landing != 0 ? arch::return_landing_address(instance.landing - 1)
+                                 : arch::return_trampoline_address();
+}
+
+// Landings are taken and given back in stack order: an instance that owns
+// one is above every older owner.
+void give_back_landing(ThreadRecord& record, const ReturnInstance& instance) noexcept {
+    if (instance.owns_landing) --record.landings_used;
+}
+
 // Pops the top instance for good.  `pending` is the last access to the
 // probe: after it, its owner may delete it.
 void release_top(ThreadRecord& record) noexcept {
     auto& stack = record.return_stack;
     ReturnProbe* probe = stack.top()->probe;
+    give_back_landing(record, *stack.top());
     stack.pop();
     probe->pending.remove(record.index);
 }
@@ -135,13 +148,13 @@ void unhook_this_thread() noexcept {
     ThreadRecord* record = this_thread_record_if_any();
     if (record == nullptr || record->return_stack.top() == nullptr) return;
     ReturnPathScope scope(record);
-    const auto trampoline = arch::return_trampoline_address();
     // Slots below our own frame belong to frames that are gone already.
     const auto here = reinterpret_cast<std::uint64_t>(__builtin_frame_address(0));
     auto& stack = record->return_stack;
     while (ReturnInstance* instance = stack.top()) {
         auto* word = reinterpret_cast<std::uint64_t*>(instance->slot);
-        if (instance->armed && instance->slot > here && *word == trampoline) *word = instance->return_address;
+        if (instance->armed && instance->slot > here && *word == hijack_word(*instance))
+            *word = instance->return_address;
         drop_top_abandoned(*record);
     }
 }
@@ -160,8 +173,7 @@ int return_probe_entry(ReturnProbe& probe, pt_regs& regs) noexcept {
     auto& stack = record->return_stack;
     const std::uint64_t slot = arch::return_address_slot_at_entry(regs);
     auto* word = reinterpret_cast<std::uint64_t*>(slot);
-    const auto trampoline = arch::return_trampoline_address();
-    const bool tail_called = *word == trampoline;
+    const bool tail_called = arch::is_return_hijack(*word);
 
     // Step 1.
     while (ReturnInstance* top = stack.top()) {
@@ -171,6 +183,7 @@ int return_probe_entry(ReturnProbe& probe, pt_regs& regs) noexcept {
             break;
     }
     std::uint64_t return_address = *word;
+    std::uint32_t landing = 0;
     if (tail_called) {
         ReturnInstance* top = stack.top();
         if (top == nullptr || top->slot != slot) {
@@ -179,6 +192,7 @@ int return_probe_entry(ReturnProbe& probe, pt_regs& regs) noexcept {
             return 0;
         }
         return_address = top->return_address;
+        landing = top->landing;
     }
     // Step 2.
     const std::uint32_t live = live_instances(stack, probe);
@@ -201,10 +215,27 @@ int return_probe_entry(ReturnProbe& probe, pt_regs& regs) noexcept {
         stack.pop();
         return 0;
     }
-    // Step 4.
+    // Step 4: a landing of this thread's block when one is free, so that
+    // unwinders can pass the slot (arch/backend.hpp), else the trampoline.
     probe.pending.add(record->index);
     instance->armed = 1;
-    *word = trampoline;
+    if (!tail_called) {
+        if (record->landing_block == -1) {
+            std::int32_t block = arch::claim_return_landing_block();
+            record->landing_block = block < 0 ? -2 : block;
+        }
+        if (record->landing_block >= 0 && record->landings_used < arch::landings_per_block()) {
+            std::size_t index = static_cast<std::size_t>(record->landing_block) * arch::landings_per_block() +
+                                record->landings_used++;
+            instance->landing = static_cast<std::uint32_t>(index + 1);
+            instance->owns_landing = 1;
+            *word = arch::return_landing(index, return_address);
+        } else {
+            *word = arch::return_trampoline_address();
+        }
+    } else {
+        instance->landing = landing;
+    }
     return 0;
 }
 
@@ -299,18 +330,17 @@ auto with_real_return_addresses(Walk&& walk) {
     ThreadRecord* record = this_thread_record_if_any();
     ReturnInstance* top = record ? record->return_stack.top() : nullptr;
     if (top == nullptr) return walk();
-    const auto trampoline = arch::return_trampoline_address();
     const auto here = reinterpret_cast<std::uint64_t>(__builtin_frame_address(0));
     for (ReturnInstance* instance = top; instance; instance = instance->below) {
         auto* word = reinterpret_cast<std::uint64_t*>(instance->slot);
-        instance->reserved = instance->armed && instance->slot > here && *word == trampoline;
-        if (instance->reserved) *word = instance->return_address;
+        instance->walk_restored = instance->armed && instance->slot > here && *word == hijack_word(*instance);
+        if (instance->walk_restored) *word = instance->return_address;
     }
     auto result = walk();
     for (ReturnInstance* instance = top; instance; instance = instance->below)
-        if (instance->reserved) {
-            *reinterpret_cast<std::uint64_t*>(instance->slot) = trampoline;
-            instance->reserved = 0;
+        if (instance->walk_restored) {
+            *reinterpret_cast<std::uint64_t*>(instance->slot) = hijack_word(*instance);
+            instance->walk_restored = 0;
         }
     return result;
 }

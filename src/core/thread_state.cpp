@@ -78,6 +78,7 @@ ThreadRecord* detail::claim_this_thread_record() noexcept {
         abandon_return_instance(*stale, record->index);
         record->return_stack.pop();
     }
+    record->landings_used = 0;  // the block stays with the record
     release_stale_records_of(tid, record);
     detail::this_thread = record;
     return record;

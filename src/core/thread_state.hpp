@@ -61,7 +61,9 @@ struct ReturnInstance {
     ReturnStackChunk* chunk;
     std::uint32_t probe_depth;     // live instances of `probe` on this thread, this one included
     std::uint32_t armed;           // 0 until the return address is hijacked
-    std::uint64_t reserved;        // 1 while a stack walk has the real address in the slot
+    std::uint32_t landing;         // the slot holds return landing `landing - 1`; 0: the plain trampoline
+    std::uint16_t owns_landing;    // 1: this instance took that landing (not a tail call reusing it)
+    std::uint16_t walk_restored;   // 1 while a stack walk has the real address in the slot
 };
 static_assert(sizeof(ReturnInstance) == 64);
 
@@ -105,6 +107,10 @@ struct ThreadRecord {
 
     // Pending returns of return probes (kretprobe.cpp).
     ReturnStack return_stack;
+    // This thread's block of return landings (arch/backend.hpp; -1: none
+    // claimed yet, -2: none left) and how many of them are in use.
+    std::int32_t landing_block = -1;
+    std::uint32_t landings_used = 0;
 };
 
 namespace detail {

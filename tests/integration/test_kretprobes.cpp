@@ -51,6 +51,13 @@ jmp_buf kret_jump_target;
     if (x > 0) pthread_exit(reinterpret_cast<void*>(x));
 }
 
+// read(2) is a cancellation point: a pending pthread_cancel acts inside it.
+[[gnu::noinline]] long kret_blocking_read(int fd) {
+    volatile int descriptor = fd;
+    char byte;
+    return read(descriptor, &byte, 1);
+}
+
 [[gnu::noinline]] double kret_scale(double x) {
     volatile double y = x;
     return y * 2.5;
@@ -272,6 +279,65 @@ TEST(Kretprobe, PthreadExitInsideAProbedFunction) {
     kret_maybe_exit(0);
     EXPECT_EQ(returns, 2);
 }
+
+// Thread cancellation unwinds with glibc's own pointer to libgcc's forced
+// unwinder, which no interposer sees: it has to pass the hijacked slot
+// itself (the return landing's unwind information) to reach the callers'
+// cleanups.  Without it the unwind stops at the slot, the thread still
+// ends, and the destructors above the watched call never run.
+struct CancelStage {
+    int fd = -1;
+    std::atomic<int> destructors{0};
+    std::atomic<bool> reading{false};
+};
+
+[[gnu::noinline]] long read_under_a_destructor(CancelStage& stage) {
+    Cleanup cleanup{stage.destructors};
+    stage.reading = true;
+    volatile long result = kret_blocking_read(stage.fd);
+    return result + 1;
+}
+
+class KretprobeCancel : public testing::TestWithParam<unsigned> {};
+
+TEST_P(KretprobeCancel, CancellationInsideAProbedFunctionRunsTheCallersCleanups) {
+    std::atomic<int> returns{0};
+    auto probe = counting(address_of(kret_blocking_read), returns, GetParam());
+    ASSERT_TRUE(ukp::register_kretprobe(probe));
+    int pipe_fds[2];
+    ASSERT_EQ(pipe(pipe_fds), 0);
+    CancelStage stage;
+    stage.fd = pipe_fds[0];
+    pthread_t thread;
+    ASSERT_EQ(pthread_create(
+                  &thread, nullptr,
+                  [](void* argument) -> void* {
+                      auto& stage = *static_cast<CancelStage*>(argument);
+                      pthread_cleanup_push([](void* counter) { ++*static_cast<std::atomic<int>*>(counter); },
+                                           &stage.destructors);
+                      read_under_a_destructor(stage);
+                      pthread_cleanup_pop(0);
+                      return nullptr;
+                  },
+                  &stage),
+              0);
+    while (!stage.reading) std::this_thread::yield();
+    ASSERT_EQ(pthread_cancel(thread), 0);
+    void* result = nullptr;
+    ASSERT_EQ(pthread_join(thread, &result), 0);
+    EXPECT_EQ(result, PTHREAD_CANCELED);
+    EXPECT_EQ(stage.destructors, 2) << "the Cleanup above the watched call and the thread's cleanup handler";
+    EXPECT_EQ(returns, 0);
+    // The main thread still returns through the probe.
+    ASSERT_EQ(write(pipe_fds[1], "x", 1), 1);
+    EXPECT_EQ(kret_blocking_read(pipe_fds[0]), 1);
+    EXPECT_EQ(returns, 1);
+    close(pipe_fds[0]);
+    close(pipe_fds[1]);
+}
+
+INSTANTIATE_TEST_SUITE_P(Kretprobe, KretprobeCancel, testing::Values(0u, ukp::flag_no_optimize),
+                         [](const auto& info) { return info.param ? "Int3" : "Optimized"; });
 
 TEST(Kretprobe, ManyThreadsExactCounts) {
     constexpr int threads = 4, calls = 20000;

@@ -32,9 +32,14 @@
 // signal arriving before the jump builds its frame below S + 8 - 128: [S]
 // is safe.
 #include <cpuid.h>
+#include <sys/mman.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <vector>
 
 #include "arch/x86_64/asm_pt_regs.hpp"
 #include "arch/x86_64/trampoline.hpp"
@@ -159,6 +164,154 @@ std::uint64_t return_address_slot_at_return(const pt_regs& regs) noexcept { retu
 
 void prepare_return_trampoline() noexcept {
     if (x86::cpu_supports_trampolines()) __atomic_store_n(&ukp_return_trampoline_xinuse, 1, __ATOMIC_RELAXED);
+    prepare_return_landings();
+}
+
+// --- Return landings ------------------------------------------------------
+//
+// An unwinder that reaches a hijacked slot finds a return address with no
+// unwind information of its own, stops there, and the frames above it are
+// never unwound.  glibc's thread cancellation is such an unwinder, and it
+// cannot be interposed (it reaches libgcc through pointers of its own), so
+// the C++ destructors and cleanups of the callers of a watched call would
+// not run.  A return landing is a return address the unwinder can pass:
+//
+//   landing k:   pad byte, then `jmp [rip + to_trampoline]`
+//   its FDE:     CFA = rsp (the caller's sp after the ret), and the return
+//                address = the value stored at targets[k]
+//
+// The entry probe stores the real return address in targets[k] and puts
+// landing k's address in the slot; the function's ret then goes through
+// the landing into the trampoline with every register as it left them.
+// The FDE covers the pad byte because an unwinder looks up "return address
+// - 1".  Each thread takes a block of landings and uses them as a stack
+// (kretprobe.cpp); a thread without a block, or deeper than its block,
+// hijacks with the plain trampoline address, which stays unwind-opaque.
+//
+// Cost: libgcc (GCC 12) looks at registered frames under a global mutex on
+// every frame it unwinds once any are registered, so exception-heavy
+// programs pay a lock per frame after the first return probe.
+
+namespace {
+
+constexpr std::size_t landing_size = 8;
+constexpr std::size_t landings_per_block_ = 128;
+constexpr std::size_t landing_blocks = 64;
+constexpr std::size_t landing_count = landings_per_block_ * landing_blocks;
+
+struct Landings {
+    std::uint64_t code = 0;           // landing k's slot: code + k * landing_size
+    std::uint64_t* targets = nullptr;  // the real return addresses
+};
+Landings landings;
+std::atomic<bool> landings_ready{false};
+std::atomic<std::size_t> next_landing_block{0};
+
+void put_uleb(std::vector<std::uint8_t>& out, std::uint64_t value) {
+    do {
+        std::uint8_t byte = value & 0x7f;
+        value >>= 7;
+        out.push_back(static_cast<std::uint8_t>(byte | (value ? 0x80 : 0)));
+    } while (value);
+}
+template <class T>
+void put(std::vector<std::uint8_t>& out, T value) {
+    std::uint8_t bytes[sizeof value];
+    std::memcpy(bytes, &value, sizeof value);
+    out.insert(out.end(), bytes, bytes + sizeof value);
+}
+// Ends a CIE or FDE that began at `start`: pads with DW_CFA_nop to a
+// multiple of 8 and fills in its length.
+void close_entry(std::vector<std::uint8_t>& out, std::size_t start) {
+    while ((out.size() - start) % 8 != 0) out.push_back(0);
+    auto length = static_cast<std::uint32_t>(out.size() - start - 4);
+    std::memcpy(out.data() + start, &length, 4);
+}
+
+// An .eh_frame image for the landings (absolute pointers: the CIE has no
+// augmentation), ending with the zero terminator.
+std::vector<std::uint8_t> landing_unwind_info(std::uint64_t code, const std::uint64_t* targets) {
+    constexpr std::uint8_t cfa_def_cfa = 0x0c, cfa_val_expression = 0x16, op_addr = 0x03, op_deref = 0x06;
+    constexpr std::uint8_t rsp = 7, return_address = 16;
+    std::vector<std::uint8_t> out;
+    out.reserve(32 + landing_count * 48);
+    const std::size_t cie = out.size();
+    put<std::uint32_t>(out, 0);  // length
+    put<std::uint32_t>(out, 0);  // CIE id
+    out.push_back(1);            // version
+    out.push_back(0);            // augmentation ""
+    put_uleb(out, 1);            // code alignment
+    out.push_back(0x78);         // data alignment -8 (sleb)
+    out.push_back(return_address);
+    out.insert(out.end(), {cfa_def_cfa, rsp, 0});
+    close_entry(out, cie);
+    for (std::size_t k = 0; k < landing_count; ++k) {
+        const std::size_t fde = out.size();
+        put<std::uint32_t>(out, 0);
+        put<std::uint32_t>(out, static_cast<std::uint32_t>(out.size() - cie));
+        put<std::uint64_t>(out, code + k * landing_size);
+        put<std::uint64_t>(out, landing_size);
+        out.insert(out.end(), {cfa_val_expression, return_address, 1 + 8 + 1, op_addr});
+        put<std::uint64_t>(out, reinterpret_cast<std::uint64_t>(&targets[k]));
+        out.push_back(op_deref);
+        close_entry(out, fde);
+    }
+    put<std::uint32_t>(out, 0);
+    return out;
+}
+
+}  // namespace
+
+extern "C" void __register_frame(void* begin);
+
+void prepare_return_landings() noexcept {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        const std::size_t code_bytes = landing_count * landing_size + 8;
+        void* code = mmap(nullptr, code_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        void* targets = mmap(nullptr, landing_count * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (code == MAP_FAILED || targets == MAP_FAILED) return;  // landings stay off: plain trampoline
+        auto* bytes = static_cast<std::uint8_t*>(code);
+        const std::size_t pointer = landing_count * landing_size;
+        const std::uint64_t trampoline = return_trampoline_address();
+        std::memcpy(bytes + pointer, &trampoline, 8);
+        for (std::size_t k = 0; k < landing_count; ++k) {
+            std::uint8_t* at = bytes + k * landing_size;
+            at[0] = 0x90;  // the pad an unwinder's "return address - 1" lands on
+            at[1] = 0xff;  // jmp qword ptr [rip + disp32]
+            at[2] = 0x25;
+            auto displacement = static_cast<std::int32_t>(pointer - (k * landing_size + 7));
+            std::memcpy(at + 3, &displacement, 4);
+            at[7] = 0xcc;
+        }
+        if (mprotect(code, code_bytes, PROT_READ | PROT_EXEC) != 0) return;
+        // Registered once and never freed: libgcc keeps pointers into it.
+        auto* unwind = new std::vector<std::uint8_t>(
+            landing_unwind_info(reinterpret_cast<std::uint64_t>(code), static_cast<std::uint64_t*>(targets)));
+        __register_frame(unwind->data());
+        landings = {reinterpret_cast<std::uint64_t>(code), static_cast<std::uint64_t*>(targets)};
+        landings_ready.store(true, std::memory_order_release);
+    });
+}
+
+std::size_t landings_per_block() noexcept { return landings_per_block_; }
+
+std::int32_t claim_return_landing_block() noexcept {
+    if (!landings_ready.load(std::memory_order_acquire)) return -1;
+    std::size_t block = next_landing_block.fetch_add(1, std::memory_order_relaxed);
+    return block < landing_blocks ? static_cast<std::int32_t>(block) : -1;
+}
+
+std::uint64_t return_landing(std::size_t index, std::uint64_t return_address) noexcept {
+    landings.targets[index] = return_address;
+    return landings.code + index * landing_size + 1;
+}
+
+std::uint64_t return_landing_address(std::size_t index) noexcept { return landings.code + index * landing_size + 1; }
+
+bool is_return_hijack(std::uint64_t address) noexcept {
+    if (address == return_trampoline_address()) return true;
+    return landings_ready.load(std::memory_order_acquire) && address - landings.code < landing_count * landing_size;
 }
 
 }  // namespace ukp::arch
