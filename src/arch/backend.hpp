@@ -191,28 +191,23 @@ struct VectorView {
 void set_ucontext_instruction_pointer(void* ucontext, std::uint64_t address) noexcept;
 
 // --- Return probes (src/arch/x86_64/return_trampoline.cpp) ---
+// On every call of a return-probed function, so inline, in
+// backend_types.hpp: return_trampoline_address() (where a hijacked return
+// goes), return_address_slot_at_entry/at_return(regs) (where the return
+// address is stored), is_return_hijack(address) (the trampoline or a
+// landing), return_landing(index, return_address) (stores the real address
+// for landing `index`, returns the landing), return_landing_address(index),
+// return_landings_per_block.
+//
+// Return landings are distinct return addresses that continue in the
+// trampoline and carry unwind information naming the real return address,
+// so that an unwinder that cannot be interposed (thread cancellation)
+// passes them.  A thread claims a block of them (-1: none left) and uses
+// them as a stack.  All of this is async-signal-safe but the preparation.
 
-// The address a hijacked return goes to.
-[[nodiscard]] std::uint64_t return_trampoline_address() noexcept;
-// At a function's first instruction: where its return address is stored.
-[[nodiscard]] std::uint64_t return_address_slot_at_entry(const pt_regs& regs) noexcept;
-// In the return trampoline: where the return address was stored.
-[[nodiscard]] std::uint64_t return_address_slot_at_return(const pt_regs& regs) noexcept;
-// Called once before the first return probe is armed (not async-signal-safe).
+// Called once before the first return probe is armed (not async-signal-safe):
+// the trampoline's XINUSE check and the landings.
 void prepare_return_trampoline() noexcept;
-// Return landings (return_trampoline.cpp): distinct return addresses that
-// continue in the trampoline and carry unwind information naming the real
-// return address, so that an unwinder (thread cancellation) passes them.
-// Made by prepare_return_trampoline.  A thread claims a block of
-// landings_per_block() (-1: none left) and uses them as a stack; the rest
-// is async-signal-safe.
-void prepare_return_landings() noexcept;
-[[nodiscard]] std::size_t landings_per_block() noexcept;
 [[nodiscard]] std::int32_t claim_return_landing_block() noexcept;
-// Stores `return_address` for landing `index` and returns the landing's address.
-[[nodiscard]] std::uint64_t return_landing(std::size_t index, std::uint64_t return_address) noexcept;
-[[nodiscard]] std::uint64_t return_landing_address(std::size_t index) noexcept;
-// The trampoline or a landing: a return address a return probe put there.
-[[nodiscard]] bool is_return_hijack(std::uint64_t address) noexcept;
 
 }  // namespace ukp::arch

@@ -5,6 +5,7 @@
 
 #include "arch/backend.hpp"
 #include "core/engine.hpp"
+#include "core/front_end.hpp"
 #include "core/thread_state.hpp"
 #include "ukprobes/ukprobes.hpp"
 
@@ -16,6 +17,9 @@ namespace detail {
 struct ProbeState {
     core::ProbeRecord record;
     Kprobe* owner = nullptr;
+    // Instead of calling the Kprobe's std::function: the engine's own
+    // handler, called directly (core/front_end.hpp).
+    core::PreHandlerFn internal_pre_handler = nullptr;
 };
 }  // namespace detail
 
@@ -41,7 +45,9 @@ detail::ProbeState& state_of(Kprobe& probe) {
     }
     auto& record = probe.registration.state->record;
     record.front_end = &probe;
-    record.pre_handler = probe.pre_handler ? call_pre : nullptr;
+    record.pre_handler = probe.registration.state->internal_pre_handler ? probe.registration.state->internal_pre_handler
+                         : probe.pre_handler                               ? call_pre
+                                                                           : nullptr;
     record.post_handler = probe.post_handler ? call_post : nullptr;
     record.fault_handler = probe.fault_handler ? call_fault : nullptr;
     return *probe.registration.state;
@@ -60,6 +66,12 @@ void after_registration(Kprobe& probe) {
 }
 
 }  // namespace
+
+void detail::set_internal_pre_handler(Kprobe& probe, core::PreHandlerFn handler, void* data) {
+    auto& state = state_of(probe);
+    state.internal_pre_handler = handler;
+    state.record.handler_data = data;
+}
 
 UKP_API detail::Registration::~Registration() {
     if (state == nullptr) return;

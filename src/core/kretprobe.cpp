@@ -65,6 +65,7 @@
 #include <cstring>
 
 #include "core/engine.hpp"
+#include "core/front_end.hpp"
 #include "os/linux/raw_syscall.hpp"
 #include "ukprobes/kprobes.h"
 #include "ukprobes/ukprobes.hpp"
@@ -224,8 +225,8 @@ int return_probe_entry(ReturnProbe& probe, pt_regs& regs) noexcept {
             std::int32_t block = arch::claim_return_landing_block();
             record->landing_block = block < 0 ? -2 : block;
         }
-        if (record->landing_block >= 0 && record->landings_used < arch::landings_per_block()) {
-            std::size_t index = static_cast<std::size_t>(record->landing_block) * arch::landings_per_block() +
+        if (record->landing_block >= 0 && record->landings_used < arch::return_landings_per_block) {
+            std::size_t index = static_cast<std::size_t>(record->landing_block) * arch::return_landings_per_block +
                                 record->landings_used++;
             instance->landing = static_cast<std::uint32_t>(index + 1);
             instance->owns_landing = 1;
@@ -399,8 +400,11 @@ void unregister_all(std::span<Kretprobe* const> probes) {
         if (probe->kp.is_registered()) entries.push_back(&probe->kp);
     unregister_kprobes(entries);
     for (Kretprobe* probe : probes)
-        if (probe->registration.state && probe->registration.state->probe)
+        if (probe->registration.state && probe->registration.state->probe) {
             core::retire_return_probe(*probe->registration.state->probe);
+            // The ReturnProbe may be freed from now on.
+            if (probe->kp.registration.state) detail::set_internal_pre_handler(probe->kp, nullptr, nullptr);
+        }
 }
 
 }  // namespace
@@ -462,6 +466,13 @@ UKP_API Result<void> register_kretprobes(std::span<Kretprobe* const> probes) {
         probe->kp.pre_handler = [core_probe](Kprobe&, Regs& regs) {
             return core::return_probe_entry(*core_probe, regs);
         };
+        // What the record really calls: the same, without the std::function.
+        detail::set_internal_pre_handler(
+            probe->kp,
+            [](core::ProbeRecord& record, pt_regs& regs) {
+                return core::return_probe_entry(*static_cast<core::ReturnProbe*>(record.handler_data), regs);
+            },
+            core_probe);
         entries.push_back(&probe->kp);
     }
     auto registered = register_kprobes(entries);

@@ -45,6 +45,7 @@ struct ProbeRecord {
     PostHandlerFn post_handler = nullptr;
     FaultHandlerFn fault_handler = nullptr;
     void* front_end = nullptr;            // the Kprobe or struct kprobe behind this record
+    void* handler_data = nullptr;         // for a pre_handler of the engine's own (return probes' entry)
     unsigned long* mirror_nmissed = nullptr;  // the C struct's nmissed field, kept equal
 
     bool no_optimize = false;  // UKP_NO_OPTIMIZE: keep the int3 path

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 
 #include "arch/x86_64/optimizer_analysis.hpp"
@@ -55,4 +56,39 @@ struct OptimizedRegion {
 inline void set_instruction_pointer(pt_regs& regs, std::uint64_t address) noexcept { regs.ip = address; }
 
 [[nodiscard]] inline std::uint64_t trampoline_entry(std::uint64_t stub) noexcept { return x86::stub_entry(stub); }
+
+// Return probes (see backend.hpp and return_trampoline.cpp).
+inline constexpr std::size_t return_landing_size = 8;  // pad byte, jmp [rip+disp32], pad
+inline constexpr std::size_t return_landings_per_block = 128;
+inline constexpr std::size_t return_landing_blocks = 64;
+inline constexpr std::size_t return_landing_count = return_landings_per_block * return_landing_blocks;
+namespace detail {
+struct ReturnLandings {
+    std::atomic<std::uint64_t> code{0};  // landing k's slot: code + k * return_landing_size; 0 until made
+    std::uint64_t* targets = nullptr;    // the real return addresses
+};
+extern ReturnLandings return_landings;
+extern "C" char ukp_return_trampoline[] __attribute__((visibility("hidden")));
+}  // namespace detail
+
+[[nodiscard]] inline std::uint64_t return_trampoline_address() noexcept {
+    return reinterpret_cast<std::uint64_t>(detail::ukp_return_trampoline);
+}
+// `call` pushed the return address: at the first instruction it is [rsp].
+[[nodiscard]] inline std::uint64_t return_address_slot_at_entry(const pt_regs& regs) noexcept { return regs.sp; }
+// `ret` popped it: the trampoline's pt_regs.sp is one word above the slot.
+[[nodiscard]] inline std::uint64_t return_address_slot_at_return(const pt_regs& regs) noexcept { return regs.sp - 8; }
+// The landing starts after its pad byte.
+[[nodiscard]] inline std::uint64_t return_landing_address(std::size_t index) noexcept {
+    return detail::return_landings.code.load(std::memory_order_relaxed) + index * return_landing_size + 1;
+}
+[[nodiscard]] inline std::uint64_t return_landing(std::size_t index, std::uint64_t return_address) noexcept {
+    detail::return_landings.targets[index] = return_address;
+    return return_landing_address(index);
+}
+[[nodiscard]] inline bool is_return_hijack(std::uint64_t address) noexcept {
+    if (address == return_trampoline_address()) return true;
+    std::uint64_t code = detail::return_landings.code.load(std::memory_order_acquire);
+    return code != 0 && address - code < return_landing_count * return_landing_size;
+}
 }  // namespace ukp::arch

@@ -154,13 +154,9 @@ ukp_return_trampoline:
 
 namespace ukp::arch {
 
-std::uint64_t return_trampoline_address() noexcept { return reinterpret_cast<std::uint64_t>(ukp_return_trampoline); }
-
-// `call` pushed the return address: at the first instruction it is [rsp].
-std::uint64_t return_address_slot_at_entry(const pt_regs& regs) noexcept { return regs.sp; }
-
-// `ret` popped it: the trampoline's pt_regs.sp is one word above the slot.
-std::uint64_t return_address_slot_at_return(const pt_regs& regs) noexcept { return regs.sp - 8; }
+namespace {
+void prepare_return_landings() noexcept;
+}
 
 void prepare_return_trampoline() noexcept {
     if (x86::cpu_supports_trampolines()) __atomic_store_n(&ukp_return_trampoline_xinuse, 1, __ATOMIC_RELAXED);
@@ -192,19 +188,12 @@ void prepare_return_trampoline() noexcept {
 // every frame it unwinds once any are registered, so exception-heavy
 // programs pay a lock per frame after the first return probe.
 
+detail::ReturnLandings detail::return_landings;
+
 namespace {
 
-constexpr std::size_t landing_size = 8;
-constexpr std::size_t landings_per_block_ = 128;
-constexpr std::size_t landing_blocks = 64;
-constexpr std::size_t landing_count = landings_per_block_ * landing_blocks;
-
-struct Landings {
-    std::uint64_t code = 0;           // landing k's slot: code + k * landing_size
-    std::uint64_t* targets = nullptr;  // the real return addresses
-};
-Landings landings;
-std::atomic<bool> landings_ready{false};
+constexpr std::size_t landing_size = return_landing_size;
+constexpr std::size_t landing_count = return_landing_count;
 std::atomic<std::size_t> next_landing_block{0};
 
 void put_uleb(std::vector<std::uint8_t>& out, std::uint64_t value) {
@@ -260,8 +249,6 @@ std::vector<std::uint8_t> landing_unwind_info(std::uint64_t code, const std::uin
     return out;
 }
 
-}  // namespace
-
 extern "C" void __register_frame(void* begin);
 
 void prepare_return_landings() noexcept {
@@ -289,29 +276,17 @@ void prepare_return_landings() noexcept {
         auto* unwind = new std::vector<std::uint8_t>(
             landing_unwind_info(reinterpret_cast<std::uint64_t>(code), static_cast<std::uint64_t*>(targets)));
         __register_frame(unwind->data());
-        landings = {reinterpret_cast<std::uint64_t>(code), static_cast<std::uint64_t*>(targets)};
-        landings_ready.store(true, std::memory_order_release);
+        detail::return_landings.targets = static_cast<std::uint64_t*>(targets);
+        detail::return_landings.code.store(reinterpret_cast<std::uint64_t>(code), std::memory_order_release);
     });
 }
 
-std::size_t landings_per_block() noexcept { return landings_per_block_; }
+}  // namespace
 
 std::int32_t claim_return_landing_block() noexcept {
-    if (!landings_ready.load(std::memory_order_acquire)) return -1;
+    if (detail::return_landings.code.load(std::memory_order_acquire) == 0) return -1;
     std::size_t block = next_landing_block.fetch_add(1, std::memory_order_relaxed);
-    return block < landing_blocks ? static_cast<std::int32_t>(block) : -1;
-}
-
-std::uint64_t return_landing(std::size_t index, std::uint64_t return_address) noexcept {
-    landings.targets[index] = return_address;
-    return landings.code + index * landing_size + 1;
-}
-
-std::uint64_t return_landing_address(std::size_t index) noexcept { return landings.code + index * landing_size + 1; }
-
-bool is_return_hijack(std::uint64_t address) noexcept {
-    if (address == return_trampoline_address()) return true;
-    return landings_ready.load(std::memory_order_acquire) && address - landings.code < landing_count * landing_size;
+    return block < return_landing_blocks ? static_cast<std::int32_t>(block) : -1;
 }
 
 }  // namespace ukp::arch
