@@ -67,10 +67,12 @@ void after_registration(Kprobe& probe) {
 
 }  // namespace
 
-void detail::set_internal_pre_handler(Kprobe& probe, core::PreHandlerFn handler, void* data) {
+void detail::set_return_entry_handler(Kprobe& probe, core::PreHandlerFn handler, void* data) {
     auto& state = state_of(probe);
     state.internal_pre_handler = handler;
     state.record.handler_data = data;
+    state.record.return_entry = handler != nullptr;
+    state.record.pre_handler = handler ? handler : probe.pre_handler ? call_pre : nullptr;
 }
 
 UKP_API detail::Registration::~Registration() {

@@ -425,16 +425,14 @@ template <bool Post>
     return optimized_hit<false>(regs, vectors, count, backup, point, continuation);
 }
 
-}  // namespace
-
 // The common case on its own: a thread outside the dispatcher hits a point
 // with one probe that has a pre-handler.  It does what optimized_hit<false>
 // does for it without the list walk, the undo copy for later handlers and
 // its frame, and the save of outer state that only nested hits have (about
 // a tenth of an entry hit here); anything else takes optimized_hit.
-extern "C" std::uint64_t ukp_optimized_pre_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned count,
-                                               pt_regs* backup, void* data, std::uint64_t continuation) {
-    auto* point = static_cast<ProbePoint*>(data);
+[[gnu::always_inline]] inline std::uint64_t optimized_pre_hit(pt_regs* regs, const std::uint8_t* vectors,
+                                                              unsigned count, pt_regs* backup, ProbePoint* point,
+                                                              std::uint64_t continuation) {
     ThreadRecord* record = detail::this_thread;
     if (record == nullptr || record->dispatch_depth != 0 || record->current_probe != nullptr) [[unlikely]]
         return optimized_pre_hit_in_general(regs, vectors, count, backup, point, continuation);
@@ -463,6 +461,50 @@ extern "C" std::uint64_t ukp_optimized_pre_hit(pt_regs* regs, const std::uint8_t
     if (static_cast<int>(call.value) == 0) [[likely]]
         return continuation;
     return optimized_redirect(probe, regs, backup, entry_sp, continuation);
+}
+
+// A return probe's entry (arch::OptimizedRegion::with_return_call): the
+// stub goes on with `jmp [rsp - 8]`, so every way into the function must
+// write that word: the relocated region, or the landing call of the
+// instance a return probe's entry handler hijacked in this hit, which
+// keeps the return stack buffer right (return_trampoline.cpp).  A handler
+// that redirected execution (or moved the stack or set TF) gets neither.
+[[gnu::noinline]] std::uint64_t optimized_pre_hit_return_call(pt_regs* regs, const std::uint8_t* vectors,
+                                                              unsigned count, pt_regs* backup, ProbePoint* point,
+                                                              std::uintptr_t tag, std::uint64_t continuation) {
+    ThreadRecord* record = this_thread_record();
+    std::uintptr_t outer_tag = 0;
+    ReturnInstance* outer_instance = nullptr;
+    if (record != nullptr) {
+        outer_tag = record->return_call;
+        outer_instance = record->return_call_instance;
+        record->return_call = tag;
+        record->return_call_instance = nullptr;
+    }
+    const std::uint64_t next = optimized_pre_hit(regs, vectors, count, backup, point, continuation);
+    ReturnInstance* instance = nullptr;
+    if (record != nullptr) {
+        instance = record->return_call_instance;
+        record->return_call = outer_tag;
+        record->return_call_instance = outer_instance;
+    }
+    if (next != continuation) return next;
+    std::uint64_t target = arch::relocated_region_after_return_call(continuation);
+    if (instance != nullptr && instance->slot == regs->sp && !arch::is_single_stepping(*regs))
+        target = arch::enter_by_landing_call(instance->landing - 1, target);
+    *arch::return_call_target_word(regs->sp) = target;
+    return continuation;
+}
+
+}  // namespace
+
+extern "C" std::uint64_t ukp_optimized_pre_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned count,
+                                               pt_regs* backup, void* data, std::uint64_t continuation) {
+    const auto word = reinterpret_cast<std::uintptr_t>(data);
+    auto* point = reinterpret_cast<ProbePoint*>(word & ~arch::stub_tag_mask);
+    if (const std::uintptr_t tag = word & arch::stub_tag_mask; tag != 0)
+        return optimized_pre_hit_return_call(regs, vectors, count, backup, point, tag, continuation);
+    return optimized_pre_hit(regs, vectors, count, backup, point, continuation);
 }
 extern "C" std::uint64_t ukp_optimized_post_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned count,
                                                 pt_regs* backup, void* point, std::uint64_t continuation) {

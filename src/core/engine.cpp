@@ -435,11 +435,16 @@ void Engine::publish_handlers_locked(ProbePoint& point, std::vector<ProbeRecord*
     list->has_post_handler = std::any_of(list->probes.begin(), list->probes.end(),
                                          [](const ProbeRecord* probe) { return probe->post_handler != nullptr; });
     if (list->probes.size() == 1 && list->probes.front()->pre_handler != nullptr) list->only_pre = list->probes.front();
+    list->has_return_entry = std::any_of(list->probes.begin(), list->probes.end(),
+                                         [](const ProbeRecord* probe) { return probe->return_entry; });
     bool has_post = list->has_post_handler;
+    bool return_call = list->has_return_entry && point.optimized.at_function_entry;
     const HandlerList* previous = point.handlers.exchange(list.release(), std::memory_order_seq_cst);
     if (previous) retired_lists_.emplace_back(previous);
-    // The stub calls the post body or not: rebuild it when that changed.
-    if (point.optimization.load() != Optimization::None && point.optimized.with_post_handler != has_post) {
+    // The stub calls the post body or not, and has the return call or not:
+    // rebuild it when that changed.
+    if (point.optimization.load() != Optimization::None &&
+        (point.optimized.with_post_handler != has_post || point.optimized.with_return_call != return_call)) {
         unoptimize_locked(point, batch, "its handlers changed");
         batch.touched.push_back(&point);
     }

@@ -7,9 +7,10 @@
 
 namespace ukp::detail {
 
-// Makes `probe`'s record call `handler` directly, with `data` in the
-// record's handler_data, instead of the Kprobe's std::function (two
-// indirect calls fewer on every hit).  Before registration.
-void set_internal_pre_handler(Kprobe& probe, core::PreHandlerFn handler, void* data);
+// Makes `probe`'s record a return probe's entry that calls `handler`
+// directly, with `data` in the record's handler_data, instead of the
+// Kprobe's std::function (two indirect calls fewer on every hit); nullptr
+// undoes it.  Before registration or after unregistration.
+void set_return_entry_handler(Kprobe& probe, core::PreHandlerFn handler, void* data);
 
 }  // namespace ukp::detail

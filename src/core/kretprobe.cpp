@@ -14,9 +14,14 @@
 //      miss and leave the function alone.
 //   3. Push an instance; run the entry handler, which may fill its data;
 //      non-zero from it pops the instance again (kernel semantics).
-//   4. Hijack: the slot gets the trampoline's address.  When the slot held
-//      the trampoline already (a tail call from another return-probed
-//      function), the real return address is the one of the instance below.
+//   4. Hijack: the slot gets one of this thread's return landings (an
+//      address that unwinders can pass, arch/backend.hpp), or the
+//      trampoline's address when none is free.  When the slot held a landing
+//      or the trampoline already (a tail call from another return-probed
+//      function), the real return address is the one of the instance below,
+//      and the slot keeps its word.  In an optimized hit whose stub has the
+//      return call, the instance is handed to the dispatcher, which enters
+//      the function by the landing's call (dispatch.cpp).
 //
 // Return, in ukp_return_probe_hit (called by the trampoline):
 //   1. Drop instances deeper than the slot (abandoned).
@@ -230,7 +235,11 @@ int return_probe_entry(ReturnProbe& probe, pt_regs& regs) noexcept {
                                 record->landings_used++;
             instance->landing = static_cast<std::uint32_t>(index + 1);
             instance->owns_landing = 1;
-            *word = arch::return_landing(index, return_address);
+            // The narrow trampoline (return values only) when the optimized
+            // entry knows no caller relies on more (arch/backend.hpp).
+            *word = arch::return_landing(index, return_address,
+                                         (record->return_call & arch::stub_tag_narrow_return) != 0);
+            if (record->return_call != 0) record->return_call_instance = instance;
         } else {
             *word = arch::return_trampoline_address();
         }
@@ -403,7 +412,7 @@ void unregister_all(std::span<Kretprobe* const> probes) {
         if (probe->registration.state && probe->registration.state->probe) {
             core::retire_return_probe(*probe->registration.state->probe);
             // The ReturnProbe may be freed from now on.
-            if (probe->kp.registration.state) detail::set_internal_pre_handler(probe->kp, nullptr, nullptr);
+            if (probe->kp.registration.state) detail::set_return_entry_handler(probe->kp, nullptr, nullptr);
         }
 }
 
@@ -467,7 +476,7 @@ UKP_API Result<void> register_kretprobes(std::span<Kretprobe* const> probes) {
             return core::return_probe_entry(*core_probe, regs);
         };
         // What the record really calls: the same, without the std::function.
-        detail::set_internal_pre_handler(
+        detail::set_return_entry_handler(
             probe->kp,
             [](core::ProbeRecord& record, pt_regs& regs) {
                 return core::return_probe_entry(*static_cast<core::ReturnProbe*>(record.handler_data), regs);

@@ -116,6 +116,7 @@ void Engine::optimize_locked(std::vector<ProbePoint*> points) {
             point->not_optimized = std::move(plan.error());
             continue;
         }
+        plan->with_return_call = list->has_return_entry && plan->at_function_entry;
         std::uint64_t start = arch::region_start(*plan);
         std::size_t length = arch::region_length(*plan);
         std::string inside;

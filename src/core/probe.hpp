@@ -49,6 +49,7 @@ struct ProbeRecord {
     unsigned long* mirror_nmissed = nullptr;  // the C struct's nmissed field, kept equal
 
     bool no_optimize = false;  // UKP_NO_OPTIMIZE: keep the int3 path
+    bool return_entry = false;  // a return probe's entry (its stub gets the return call, arch/backend.hpp)
 
     std::atomic<bool> enabled{true};
     std::atomic<std::uint64_t> hit_shard[hit_shards] = {};
@@ -87,6 +88,7 @@ struct HandlerList {
     // The one record, when there is exactly one and it has a pre-handler:
     // the optimized path's fast case (dispatch.cpp).
     ProbeRecord* only_pre = nullptr;
+    bool has_return_entry = false;
 };
 
 // Optimization of a point, read by the trap path:

@@ -111,6 +111,12 @@ struct ThreadRecord {
     // claimed yet, -2: none left) and how many of them are in use.
     std::int32_t landing_block = -1;
     std::uint32_t landings_used = 0;
+    // While the pre-handlers of an optimized hit whose stub has the return
+    // call run: its stub tag bits (arch/backend.hpp), and the instance a
+    // return probe's entry hijacked there, which the hit then enters by its
+    // landing call (dispatch.cpp).  0 and nullptr elsewhere.
+    std::uintptr_t return_call = 0;
+    ReturnInstance* return_call_instance = nullptr;
 };
 
 namespace detail {

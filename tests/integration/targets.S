@@ -381,6 +381,84 @@ FUNCTION ipa_caller_run
         ret
 END ipa_caller_run
 
+# What a return probe must keep at a return: return_values_run(in, out)
+# loads rbx, rbp, r12-r15 from in[0..5] and calls return_values_function
+# through a register (as through the PLT: the caller relies on nothing but
+# the ABI); that loads rax, rdx from in[6..7] and ymm0, ymm1 from in + 64
+# and in + 96, and returns.  Then out[0..7] get rbx, rbp, r12-r15, rax, rdx
+# and out + 64, out + 96 get ymm0, ymm1.
+FUNCTION return_values_function
+        lea r11, [r11 + 0]              # 4d 8d 5b 00
+        mov rax, [rdi + 48]
+        mov rdx, [rdi + 56]
+        vmovdqu ymm0, [rdi + 64]
+        vmovdqu ymm1, [rdi + 96]
+        ret
+END return_values_function
+
+FUNCTION return_values_run
+        push rbx
+        push rbp
+        push r12
+        push r13
+        push r14
+        push r15
+        push rsi
+        mov rbx, [rdi]
+        mov rbp, [rdi + 8]
+        mov r12, [rdi + 16]
+        mov r13, [rdi + 24]
+        mov r14, [rdi + 32]
+        mov r15, [rdi + 40]
+        lea rax, [rip + return_values_function]
+        call rax
+        pop rsi
+        mov [rsi], rbx
+        mov [rsi + 8], rbp
+        mov [rsi + 16], r12
+        mov [rsi + 24], r13
+        mov [rsi + 32], r14
+        mov [rsi + 40], r15
+        mov [rsi + 48], rax
+        mov [rsi + 56], rdx
+        vmovdqu [rsi + 64], ymm0
+        vmovdqu [rsi + 96], ymm1
+        vzeroupper
+        pop r15
+        pop r14
+        pop r13
+        pop r12
+        pop rbp
+        pop rbx
+        ret
+END return_values_run
+
+# int tail_run(int x) { return tail_outer(x); } through a register, where
+# tail_outer(x) tail-calls tail_inner(x + 1), which returns x + 2: the
+# tail-called function returns straight to tail_run, through the slot the
+# return probe on tail_outer hijacked.
+FUNCTION tail_inner
+        lea r11, [r11 + 0]              # 4d 8d 5b 00
+        nop
+        lea eax, [rdi + 1]
+        ret
+END tail_inner
+
+FUNCTION tail_outer
+        lea r11, [r11 + 0]              # 4d 8d 5b 00
+        nop
+        add edi, 1
+        jmp tail_inner
+END tail_outer
+
+FUNCTION tail_run
+        sub rsp, 8
+        lea rax, [rip + tail_outer]
+        call rax
+        add rsp, 8
+        ret
+END tail_run
+
         .data
         .p2align 3
         .globl riprel_value

@@ -44,6 +44,11 @@ void vector_entry_function(void);
 void vector_entry_run(const void* in, void* out);
 void ipa_callee(void);
 void ipa_caller_run(const void* in, void* out);
+void return_values_function(void);
+void return_values_run(const void* in, void* out);
+int tail_inner(int x);
+int tail_outer(int x);
+int tail_run(int x);
 
 std::uint64_t flags_run(std::uint64_t flags);
 extern char flags_site[];

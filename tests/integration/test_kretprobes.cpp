@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstring>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -17,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "targets.hpp"
 #include "ukprobes/ukprobes.hpp"
 
 extern "C" {
@@ -142,6 +144,135 @@ TEST_P(KretprobeBasic, HandlerCanChangeTheReturnValue) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Kretprobe, KretprobeBasic, testing::Values(0u, ukp::flag_no_optimize),
+                         [](const auto& info) { return info.param ? "Int3" : "Optimized"; });
+
+// What the return trampolines give back.  Called through a pointer, a
+// function's caller relies on the ABI only: the callee-saved registers and
+// the return values (rax, rdx, ymm0, ymm1), which is all the narrow
+// trampoline keeps.  Called directly by code compiled with -fipa-ra, the
+// caller may keep values in any register the callee leaves alone: the full
+// trampoline keeps every general and vector register.  The handlers run
+// glibc's vector string functions and floating-point code.
+class KretprobeRegisters : public testing::TestWithParam<unsigned> {
+protected:
+    void SetUp() override {
+        if (!__builtin_cpu_supports("avx")) GTEST_SKIP() << "needs AVX (the targets use ymm registers)";
+    }
+};
+
+// What a handler built with -mavx2 may do to every vector register, then
+// glibc's (vector) memset and scalar floating point.
+int clobbering_return_handler(ukp::Regs& regs) {
+    asm volatile("vpcmpeqb %%ymm0, %%ymm0, %%ymm0\n\t"
+                 ".irp i, 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n\t"
+                 "vmovdqa %%ymm0, %%ymm\\i\n\t"
+                 ".endr" ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+                 "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+    static char buffer[4096];
+    std::memset(buffer, static_cast<int>(regs.ax), sizeof buffer);
+    volatile double scaled = static_cast<double>(regs.dx) * 1.5;
+    (void)scaled;
+    return 0;
+}
+
+bool is_optimized(const void* address) {
+    for (auto& info : ukp::list_probes())
+        if (info.address == reinterpret_cast<std::uint64_t>(address)) return info.kind == "optimized";
+    return false;
+}
+
+TEST_P(KretprobeRegisters, AReturnThroughAPointerKeepsWhatTheAbiPromises) {
+    alignas(32) std::uint64_t in[16], out[16] = {};
+    for (int i = 0; i < 16; ++i) in[i] = 0x0101010101010101ull * static_cast<std::uint64_t>(i + 1) + 0x1000 * i;
+    std::uint64_t seen_ax = 0, seen_bx = 0;
+    std::atomic<int> returns{0};
+    ukp::Kretprobe probe{.kp = {.addr = function_address(return_values_function), .flags = GetParam()},
+                         .handler = [&](ukp::KretprobeInstance&, ukp::Regs& regs) {
+                             seen_ax = regs.ax;
+                             seen_bx = regs.bx;
+                             ++returns;
+                             return clobbering_return_handler(regs);
+                         }};
+    ASSERT_TRUE(ukp::register_kretprobe(probe));
+    EXPECT_EQ(is_optimized(function_address(return_values_function)), GetParam() == 0) << ukp::format_probe_list();
+    for (int round = 0; round < 3; ++round) {
+        return_values_run(in, out);
+        for (int i = 0; i < 16; ++i) EXPECT_EQ(out[i], in[i]) << "word " << i << " round " << round;
+    }
+    EXPECT_EQ(returns, 3);
+    EXPECT_EQ(seen_ax, in[6]);
+    EXPECT_EQ(seen_bx, in[0]);
+}
+
+TEST_P(KretprobeRegisters, AReturnHandlersNewReturnValuesTakeEffect) {
+    alignas(32) std::uint64_t in[16] = {}, out[16] = {};
+    ukp::Kretprobe probe{.kp = {.addr = function_address(return_values_function), .flags = GetParam()},
+                         .handler = [](ukp::KretprobeInstance&, ukp::Regs& regs) {
+                             clobbering_return_handler(regs);
+                             regs.ax = 0xa0a0;
+                             regs.dx = 0xd0d0;
+                             regs.bx = 0xb0b0;
+                             return 0;
+                         }};
+    ASSERT_TRUE(ukp::register_kretprobe(probe));
+    return_values_run(in, out);
+    EXPECT_EQ(out[6], 0xa0a0u);
+    EXPECT_EQ(out[7], 0xd0d0u);
+    EXPECT_EQ(out[0], 0xb0b0u);
+}
+
+TEST_P(KretprobeRegisters, ADirectlyCalledFunctionsReturnKeepsEveryYmmRegister) {
+    alignas(32) std::uint8_t in[32 * 16], out[32 * 16] = {};
+    for (std::size_t i = 0; i < sizeof in; ++i) in[i] = static_cast<std::uint8_t>(i * 7 + 3);
+    std::atomic<int> returns{0};
+    ukp::Kretprobe probe{.kp = {.addr = function_address(ipa_callee), .flags = GetParam()},
+                         .handler = [&](ukp::KretprobeInstance&, ukp::Regs& regs) {
+                             ++returns;
+                             return clobbering_return_handler(regs);
+                         }};
+    ASSERT_TRUE(ukp::register_kretprobe(probe));
+    EXPECT_EQ(is_optimized(function_address(ipa_callee)), GetParam() == 0) << ukp::format_probe_list();
+    ipa_caller_run(in, out);
+    EXPECT_EQ(returns, 1);
+    EXPECT_EQ(std::memcmp(in, out, sizeof in), 0);
+}
+
+// A tail call from one return-probed function to another: both instances
+// share the caller's slot; the inner one returns first (kernel order), both
+// handlers see the real return address, and the caller gets the value.
+class KretprobeTailCall : public testing::TestWithParam<unsigned> {};
+
+TEST_P(KretprobeTailCall, BetweenTwoReturnProbedFunctions) {
+    std::vector<std::pair<char, std::uint64_t>> seen;
+    auto handler_for = [&seen](char which) {
+        return [&seen, which](ukp::KretprobeInstance& instance, ukp::Regs& regs) {
+            seen.emplace_back(which, regs.ip);
+            EXPECT_EQ(regs.ip, instance.return_address);
+            return 0;
+        };
+    };
+    ukp::Kretprobe outer{.kp = {.addr = function_address(tail_outer), .flags = GetParam()}, .handler = handler_for('o')};
+    ukp::Kretprobe inner{.kp = {.addr = function_address(tail_inner), .flags = GetParam()}, .handler = handler_for('i')};
+    ASSERT_TRUE(ukp::register_kretprobe(outer));
+    ASSERT_TRUE(ukp::register_kretprobe(inner));
+    EXPECT_EQ(is_optimized(function_address(tail_outer)), GetParam() == 0) << ukp::format_probe_list();
+    for (int round = 0; round < 3; ++round) {
+        seen.clear();
+        EXPECT_EQ(tail_run(40), 42);
+        ASSERT_EQ(seen.size(), 2u);
+        EXPECT_EQ(seen[0].first, 'i');
+        EXPECT_EQ(seen[1].first, 'o');
+        EXPECT_EQ(seen[0].second, seen[1].second);
+    }
+    EXPECT_EQ(tail_inner(1), 2);  // called on its own: its own return
+    EXPECT_EQ(seen.size(), 3u);
+    EXPECT_EQ(outer.npending() + inner.npending(), 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Kretprobe, KretprobeTailCall, testing::Values(0u, ukp::flag_no_optimize),
+                         [](const auto& info) { return info.param ? "Int3" : "Optimized"; });
+
+INSTANTIATE_TEST_SUITE_P(Kretprobe, KretprobeRegisters, testing::Values(0u, ukp::flag_no_optimize),
                          [](const auto& info) { return info.param ? "Int3" : "Optimized"; });
 
 // xmm0 and st0 carry the return value through the trampoline while the

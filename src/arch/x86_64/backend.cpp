@@ -240,7 +240,9 @@ Result<void> build_trampoline(OptimizedRegion& plan, std::uint64_t stub, const v
     auto built = x86::build_stub(
         plan.region, stub, point,
         plan.at_function_entry && !plan.direct_callers ? x86::BodyKind::Entry : x86::BodyKind::Middle,
-        plan.with_post_handler, !plan.region.function_uses_avx512, out, &plan.layout);
+        plan.with_post_handler, !plan.region.function_uses_avx512,
+        plan.with_return_call ? stub_tag_return_call | (plan.direct_callers ? 0 : stub_tag_narrow_return) : 0, out,
+        &plan.layout);
     if (!built) return std::unexpected(built.error());
     return {};
 }
@@ -250,7 +252,12 @@ Result<std::array<std::uint8_t, optimized_jump_length>> optimized_jump(const Opt
     return x86::jump_to_stub(plan.region.start, stub);
 }
 
-bool is_in_trampoline_code(std::uint64_t pc) noexcept { return x86::is_in_trampoline_body(pc); }
+bool is_in_trampoline_code(std::uint64_t pc) noexcept {
+    // A thread in a landing call is on its way into a stub.
+    const std::uint64_t landings = detail::return_landings.code.load(std::memory_order_acquire);
+    return x86::is_in_trampoline_body(pc) ||
+           (landings != 0 && pc - landings < return_landing_count * return_landing_size);
+}
 
 std::uint64_t trampoline_original_address(const OptimizedRegion& plan, std::uint64_t pc) noexcept {
     const auto& layout = plan.layout;

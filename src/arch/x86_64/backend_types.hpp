@@ -45,6 +45,10 @@ struct OptimizedRegion {
     bool at_function_entry = false;
     bool with_post_handler = false;
     bool direct_callers = true;  // plan_optimization's parameter
+    // The point has a return probe's entry: its stub continues with
+    // `jmp [rsp - 8]` so that the function can be entered by a landing call
+    // (return_trampoline.cpp).  Set by the optimizer at a function's entry.
+    bool with_return_call = false;
 };
 
 // Small accessors the trap path calls on every hit, inline.
@@ -57,8 +61,25 @@ inline void set_instruction_pointer(pt_regs& regs, std::uint64_t address) noexce
 
 [[nodiscard]] inline std::uint64_t trampoline_entry(std::uint64_t stub) noexcept { return x86::stub_entry(stub); }
 
+// The stub's data word names the point; its low bits say what the stub is:
+// with_return_call, and then whether the function has no direct callers
+// (so that the narrow return trampoline will do).
+inline constexpr std::uintptr_t stub_tag_return_call = x86::stub_tag_return_call;
+inline constexpr std::uintptr_t stub_tag_narrow_return = x86::stub_tag_narrow_return;
+inline constexpr std::uintptr_t stub_tag_mask = x86::stub_tag_mask;
+// In a with_return_call stub, where the relocated region begins, given
+// the continuation a body got (the `jmp [rsp - 8]` before it).
+[[nodiscard]] inline std::uint64_t relocated_region_after_return_call(std::uint64_t continuation) noexcept {
+    return continuation + x86::stub_return_call_jump_length;
+}
+// Where that jmp reads its target, given the sp the function is entered with.
+[[nodiscard]] inline std::uint64_t* return_call_target_word(std::uint64_t sp) noexcept {
+    return reinterpret_cast<std::uint64_t*>(sp - 8);
+}
+
 // Return probes (see backend.hpp and return_trampoline.cpp).
-inline constexpr std::size_t return_landing_size = 8;  // pad byte, jmp [rip+disp32], pad
+inline constexpr std::size_t return_landing_size = 32;  // landing call, landing, padding
+inline constexpr std::size_t return_landing_offset = 11;  // of the landing (the hijacked return address) in its slot
 inline constexpr std::size_t return_landings_per_block = 128;
 inline constexpr std::size_t return_landing_blocks = 64;
 inline constexpr std::size_t return_landing_count = return_landings_per_block * return_landing_blocks;
@@ -66,6 +87,8 @@ namespace detail {
 struct ReturnLandings {
     std::atomic<std::uint64_t> code{0};  // landing k's slot: code + k * return_landing_size; 0 until made
     std::uint64_t* targets = nullptr;    // the real return addresses
+    std::uint64_t* entries = nullptr;    // where landing calls go (the function's relocated entry)
+    std::uint64_t* jumps = nullptr;      // the trampoline variant each landing goes to
 };
 extern ReturnLandings return_landings;
 extern "C" char ukp_return_trampoline[] __attribute__((visibility("hidden")));
@@ -78,17 +101,20 @@ extern "C" char ukp_return_trampoline[] __attribute__((visibility("hidden")));
 [[nodiscard]] inline std::uint64_t return_address_slot_at_entry(const pt_regs& regs) noexcept { return regs.sp; }
 // `ret` popped it: the trampoline's pt_regs.sp is one word above the slot.
 [[nodiscard]] inline std::uint64_t return_address_slot_at_return(const pt_regs& regs) noexcept { return regs.sp - 8; }
-// The landing starts after its pad byte.
 [[nodiscard]] inline std::uint64_t return_landing_address(std::size_t index) noexcept {
-    return detail::return_landings.code.load(std::memory_order_relaxed) + index * return_landing_size + 1;
-}
-[[nodiscard]] inline std::uint64_t return_landing(std::size_t index, std::uint64_t return_address) noexcept {
-    detail::return_landings.targets[index] = return_address;
-    return return_landing_address(index);
+    return detail::return_landings.code.load(std::memory_order_relaxed) + index * return_landing_size +
+           return_landing_offset;
 }
 [[nodiscard]] inline bool is_return_hijack(std::uint64_t address) noexcept {
     if (address == return_trampoline_address()) return true;
     std::uint64_t code = detail::return_landings.code.load(std::memory_order_acquire);
     return code != 0 && address - code < return_landing_count * return_landing_size;
 }
+// Stores the real return address and the trampoline variant for landing
+// `index` and returns the landing's address.
+[[nodiscard]] std::uint64_t return_landing(std::size_t index, std::uint64_t return_address, bool narrow) noexcept;
+// For an optimized entry whose stub continues with `jmp [rsp - 8]`: where
+// to jump so that the function is entered by landing `index`'s call, which
+// goes on at `continuation`.  The trampoline then leaves with ret.
+[[nodiscard]] std::uint64_t enter_by_landing_call(std::size_t index, std::uint64_t continuation) noexcept;
 }  // namespace ukp::arch

@@ -12,7 +12,14 @@
 //   allocation (-fipa-ra) lets a caller keep values in registers a callee of
 //   the same unit is known not to clobber.  So every GPR, the flags and
 //   xmm0-15 (with their ymm/zmm upper halves when in use, read from XINUSE
-//   like the optimized bodies do) come back exactly as they were.
+//   like the optimized bodies do) come back exactly as they were.  The
+//   narrow variants keep only xmm0-1 (the return values) of the vector
+//   registers: they are used when no code of the module calls or jumps to
+//   the function directly (the optimized entry knows, plan_optimization),
+//   so every caller relies on the ABI alone.
+// - Four variants: full or narrow, and leaving with jmp or, when the
+//   function was entered by its landing's call (see the landings below),
+//   with ret.
 //   zmm16-31 and k0-7 are not saved: our own code never touches them; a
 //   handler compiled for AVX-512 that uses them would clobber them.
 //   Revisit if that becomes a real case.
@@ -51,7 +58,8 @@ __attribute__((visibility("hidden"))) std::uint32_t ukp_return_trampoline_xinuse
 // core/kretprobe.cpp: runs the return handlers (`backup`: a second copy of
 // the general registers, flags and sp), returns the real address.
 std::uint64_t ukp_return_probe_hit(pt_regs* regs, pt_regs* backup);
-extern char ukp_return_trampoline[];
+extern char ukp_return_trampoline[], ukp_return_trampoline_by_ret[], ukp_return_trampoline_narrow[],
+    ukp_return_trampoline_narrow_by_ret[];
 }
 
 namespace ukp::x86 {
@@ -70,14 +78,17 @@ __attribute__((used)) static void define_return_trampoline() {
         UKP_ASM_VECTOR_MACROS
         UKP_ASM_FLAGS_MACRO
         R"(
+        # UKP_RETURN_TRAMPOLINE name, last (15: xmm0-15; 1: the return
+        # values xmm0-1 only), by_ret (1: leave with ret, see the exit)
+        .macro UKP_RETURN_TRAMPOLINE name, last, by_ret
         # A nop before the entry, so that a backtrace that looks up
         # "return address - 1" does not land in the previous function.
         .p2align 4
         nop
-        .globl ukp_return_trampoline
-        .hidden ukp_return_trampoline
-        .type ukp_return_trampoline, @function
-ukp_return_trampoline:
+        .globl \name
+        .hidden \name
+        .type \name, @function
+\name:
         lea rsp, [rsp - 8]
         pushfq
         lea rsp, [rsp - %c[regs_size]]
@@ -116,7 +127,7 @@ ukp_return_trampoline:
         mov ecx, 1
         xgetbv
 1:      mov r12d, eax
-        UKP_SAVE_LOW_VECTORS 15
+        UKP_SAVE_LOW_VECTORS \last
         fnstsw ax
         movzx r13d, ax
         and r13d, 0x3800
@@ -132,10 +143,17 @@ ukp_return_trampoline:
         jz 5f
         frstor [rsp + %c[fnsave]]
 5:
-        UKP_RESTORE_LOW_VECTORS 15
+        UKP_RESTORE_LOW_VECTORS \last
         mov rsp, rbx
         UKP_RESTORE_FLAGS %c[regs_size]
         UKP_RESTORE_GPRS
+        .if \by_ret
+        # The function was entered by a call from its landing, so the
+        # return stack buffer's top entry is its caller's own: ret is the
+        # predicted way back.
+        lea rsp, [rsp + %c[regs_size] + 8]
+        ret
+        .else
         # lea, not add: the flags are restored already.  jmp, not ret: the
         # function's own ret consumed the return-stack-buffer entry its
         # caller's call pushed, so a ret here would pop the caller's entry
@@ -143,7 +161,15 @@ ukp_return_trampoline:
         # chain.  [rsp - 8] is in the red zone, which a signal skips.
         lea rsp, [rsp + %c[regs_size] + 16]
         jmp qword ptr [rsp - 8]
-        .size ukp_return_trampoline, .-ukp_return_trampoline
+        .endif
+        .size \name, .-\name
+        .endm
+
+        UKP_RETURN_TRAMPOLINE ukp_return_trampoline, 15, 0
+        UKP_RETURN_TRAMPOLINE ukp_return_trampoline_by_ret, 15, 1
+        UKP_RETURN_TRAMPOLINE ukp_return_trampoline_narrow, 1, 0
+        UKP_RETURN_TRAMPOLINE ukp_return_trampoline_narrow_by_ret, 1, 1
+        .purgem UKP_RETURN_TRAMPOLINE
         )" UKP_ASM_PURGE_GPR_MACROS UKP_ASM_PURGE_VECTOR_MACROS UKP_ASM_PURGE_FLAGS_MACRO
         ".att_syntax prefix\n"
         ".popsection\n" ::UKP_PT_REGS_OPERANDS, UKP_FLAGS_OPERANDS, [vector_area] "i"(vector_area), [fnsave] "i"(fnsave_offset),
@@ -170,17 +196,37 @@ void prepare_return_trampoline() noexcept {
 // never unwound.  glibc's thread cancellation is such an unwinder, and it
 // cannot be interposed (it reaches libgcc through pointers of its own), so
 // the C++ destructors and cleanups of the callers of a watched call would
-// not run.  A return landing is a return address the unwinder can pass:
+// not run.  A return landing is a return address the unwinder can pass.
+// Slot k (return_landing_size bytes):
 //
-//   landing k:   pad byte, then `jmp [rip + to_trampoline]`
-//   its FDE:     CFA = rsp (the caller's sp after the ret), and the return
-//                address = the value stored at targets[k]
+//   +0   lea rsp, [rsp + 8]          the landing call (below)
+//   +5   call qword ptr [entries_k]
+//   +11  jmp qword ptr [jumps_k]     landing k: the hijacked return address
 //
-// The entry probe stores the real return address in targets[k] and puts
-// landing k's address in the slot; the function's ret then goes through
-// the landing into the trampoline with every register as it left them.
-// The FDE covers the pad byte because an unwinder looks up "return address
-// - 1".  Each thread takes a block of landings and uses them as a stack
+//   landing k's FDE, over [+10, +17) (an unwinder looks up "return address
+//   - 1"): CFA = rsp (the caller's sp after the ret), and the return
+//   address = the value stored at targets[k].
+//
+// The entry probe stores the real return address in targets[k], the
+// trampoline variant in jumps[k] (the narrow one when no caller can keep
+// values in caller-saved registers, see plan_optimization), and puts
+// landing k's address in the slot.  The function's ret goes through the
+// landing into the trampoline with every register as it left them.
+//
+// The landing call keeps the return stack buffer right.  A return probe's
+// function returns to the landing, not to where its caller's call said, so
+// that ret is mispredicted, ~10 ns a call.  An optimized entry can instead
+// enter the function by a call from the landing: the stub of such an entry
+// continues with `jmp [rsp - 8]`, and the C++ side puts there either the
+// relocated region (entries_k) or, for a call it hijacked, the landing call,
+// which drops the caller's return address from the stack and calls the
+// relocated region: the call pushes landing k's address into the slot (the
+// same word the hijack wrote) and onto the return stack buffer.  The
+// function's ret is then predicted, and so is the trampoline's own `ret`
+// to the real address (the by_ret variants), since the caller's entry is on
+// top again.  All of it lies in the dead red zone of a function's entry.
+//
+// Each thread takes a block of landings and uses them as a stack
 // (kretprobe.cpp); a thread without a block, or deeper than its block,
 // hijacks with the plain trampoline address, which stays unwind-opaque.
 //
@@ -194,6 +240,7 @@ namespace {
 
 constexpr std::size_t landing_size = return_landing_size;
 constexpr std::size_t landing_count = return_landing_count;
+constexpr std::size_t landing_offset = return_landing_offset;
 std::atomic<std::size_t> next_landing_block{0};
 
 void put_uleb(std::vector<std::uint8_t>& out, std::uint64_t value) {
@@ -238,8 +285,8 @@ std::vector<std::uint8_t> landing_unwind_info(std::uint64_t code, const std::uin
         const std::size_t fde = out.size();
         put<std::uint32_t>(out, 0);
         put<std::uint32_t>(out, static_cast<std::uint32_t>(out.size() - cie));
-        put<std::uint64_t>(out, code + k * landing_size);
-        put<std::uint64_t>(out, landing_size);
+        put<std::uint64_t>(out, code + k * landing_size + landing_offset - 1);
+        put<std::uint64_t>(out, 7);  // the byte before the landing and its jmp
         out.insert(out.end(), {cfa_val_expression, return_address, 1 + 8 + 1, op_addr});
         put<std::uint64_t>(out, reinterpret_cast<std::uint64_t>(&targets[k]));
         out.push_back(op_deref);
@@ -249,35 +296,52 @@ std::vector<std::uint8_t> landing_unwind_info(std::uint64_t code, const std::uin
     return out;
 }
 
+void put_rip_relative(std::uint8_t* at, std::uint64_t instruction_end, std::uint64_t target) {
+    auto displacement = static_cast<std::int32_t>(static_cast<std::int64_t>(target - instruction_end));
+    std::memcpy(at, &displacement, 4);
+}
+
 extern "C" void __register_frame(void* begin);
 
 void prepare_return_landings() noexcept {
     static std::once_flag once;
     std::call_once(once, [] {
-        const std::size_t code_bytes = landing_count * landing_size + 8;
-        void* code = mmap(nullptr, code_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        void* targets = mmap(nullptr, landing_count * 8, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (code == MAP_FAILED || targets == MAP_FAILED) return;  // landings stay off: plain trampoline
-        auto* bytes = static_cast<std::uint8_t*>(code);
-        const std::size_t pointer = landing_count * landing_size;
-        const std::uint64_t trampoline = return_trampoline_address();
-        std::memcpy(bytes + pointer, &trampoline, 8);
+        // One mapping: the code, then (writable) targets, entries and jumps,
+        // within reach of the code's rip-relative operands.
+        const std::size_t page = 4096;
+        const std::size_t code_bytes = (landing_count * landing_size + page - 1) / page * page;
+        const std::size_t table_bytes = landing_count * 8;
+        void* mapping = mmap(nullptr, code_bytes + 3 * table_bytes, PROT_READ | PROT_WRITE,
+                             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (mapping == MAP_FAILED) return;  // landings stay off: the plain trampoline
+        auto* bytes = static_cast<std::uint8_t*>(mapping);
+        const auto code = reinterpret_cast<std::uint64_t>(mapping);
+        auto* targets = reinterpret_cast<std::uint64_t*>(bytes + code_bytes);
+        auto* entries = targets + landing_count;
+        auto* jumps = entries + landing_count;
+        std::memset(bytes, 0xcc, code_bytes);
         for (std::size_t k = 0; k < landing_count; ++k) {
             std::uint8_t* at = bytes + k * landing_size;
-            at[0] = 0x90;  // the pad an unwinder's "return address - 1" lands on
-            at[1] = 0xff;  // jmp qword ptr [rip + disp32]
-            at[2] = 0x25;
-            auto displacement = static_cast<std::int32_t>(pointer - (k * landing_size + 7));
-            std::memcpy(at + 3, &displacement, 4);
-            at[7] = 0xcc;
+            const std::uint64_t slot = code + k * landing_size;
+            const std::uint8_t lea_rsp_plus_8[] = {0x48, 0x8d, 0x64, 0x24, 0x08};
+            std::memcpy(at, lea_rsp_plus_8, sizeof lea_rsp_plus_8);
+            at[5] = 0xff;  // call qword ptr [rip + disp32]
+            at[6] = 0x15;
+            static_assert(landing_offset == 11);  // the call's end
+            put_rip_relative(at + 7, slot + 11, reinterpret_cast<std::uint64_t>(&entries[k]));
+            at[11] = 0xff;  // jmp qword ptr [rip + disp32]
+            at[12] = 0x25;
+            put_rip_relative(at + 13, slot + 17, reinterpret_cast<std::uint64_t>(&jumps[k]));
+            jumps[k] = return_trampoline_address();
         }
-        if (mprotect(code, code_bytes, PROT_READ | PROT_EXEC) != 0) return;
+        if (mprotect(mapping, code_bytes, PROT_READ | PROT_EXEC) != 0) return;
         // Registered once and never freed: libgcc keeps pointers into it.
-        auto* unwind = new std::vector<std::uint8_t>(
-            landing_unwind_info(reinterpret_cast<std::uint64_t>(code), static_cast<std::uint64_t*>(targets)));
+        auto* unwind = new std::vector<std::uint8_t>(landing_unwind_info(code, targets));
         __register_frame(unwind->data());
-        detail::return_landings.targets = static_cast<std::uint64_t*>(targets);
-        detail::return_landings.code.store(reinterpret_cast<std::uint64_t>(code), std::memory_order_release);
+        detail::return_landings.targets = targets;
+        detail::return_landings.entries = entries;
+        detail::return_landings.jumps = jumps;
+        detail::return_landings.code.store(code, std::memory_order_release);
     });
 }
 
@@ -287,6 +351,23 @@ std::int32_t claim_return_landing_block() noexcept {
     if (detail::return_landings.code.load(std::memory_order_acquire) == 0) return -1;
     std::size_t block = next_landing_block.fetch_add(1, std::memory_order_relaxed);
     return block < return_landing_blocks ? static_cast<std::int32_t>(block) : -1;
+}
+
+std::uint64_t return_landing(std::size_t index, std::uint64_t return_address, bool narrow) noexcept {
+    auto& landings = detail::return_landings;
+    landings.targets[index] = return_address;
+    landings.jumps[index] = reinterpret_cast<std::uint64_t>(narrow ? ukp_return_trampoline_narrow
+                                                                   : ukp_return_trampoline);
+    return return_landing_address(index);
+}
+
+std::uint64_t enter_by_landing_call(std::size_t index, std::uint64_t continuation) noexcept {
+    auto& landings = detail::return_landings;
+    landings.entries[index] = continuation;
+    const bool narrow = landings.jumps[index] == reinterpret_cast<std::uint64_t>(ukp_return_trampoline_narrow);
+    landings.jumps[index] = reinterpret_cast<std::uint64_t>(narrow ? ukp_return_trampoline_narrow_by_ret
+                                                                   : ukp_return_trampoline_by_ret);
+    return landings.code.load(std::memory_order_relaxed) + index * return_landing_size;
 }
 
 }  // namespace ukp::arch

@@ -241,7 +241,7 @@ void emit_body_call(std::span<std::uint8_t> out, std::size_t at, std::size_t poi
 
 
 Result<std::size_t> build_stub(const DisplacedRegion& region, std::uint64_t stub_address, const void* point,
-                               BodyKind pre_body, bool post_after_first, bool narrow,
+                               BodyKind pre_body, bool post_after_first, bool narrow, std::uintptr_t data_tag,
                                std::span<std::uint8_t> out, StubLayout* layout) {
     if (out.size() < stub_call_sequence * 2 + body_pointer_bytes + jmp_rel32_length)
         return make_error(Errc::InvalidArgument, "trampoline stub buffer too small");
@@ -255,8 +255,15 @@ Result<std::size_t> build_stub(const DisplacedRegion& region, std::uint64_t stub
     put_u64(out, pre_pointer, reinterpret_cast<std::uint64_t>(pre));
     put_u64(out, post_pointer, reinterpret_cast<std::uint64_t>(post));
 
-    emit_body_call(out, 0, pre_pointer, point);
+    emit_body_call(out, 0, pre_pointer,
+                   reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(point) | data_tag));
     std::size_t at = stub_call_sequence;
+    if (data_tag & stub_tag_return_call) {
+        const std::uint8_t jmp_rsp_minus_8[] = {0xff, 0x64, 0x24, 0xf8};  // jmp qword ptr [rsp-8]
+        static_assert(sizeof jmp_rsp_minus_8 == stub_return_call_jump_length);
+        std::memcpy(out.data() + at, jmp_rsp_minus_8, sizeof jmp_rsp_minus_8);
+        at += sizeof jmp_rsp_minus_8;
+    }
     const std::size_t limit = out.size() - body_pointer_bytes;
     if (layout) *layout = StubLayout{.stub = stub_address};
     // jmp +8 over the data word, then the post-handler's call sequence.

@@ -8,6 +8,7 @@
 //   stub:  .quad ProbePoint*                             read by the body at its return address - 19
 //   entry: lea rsp, [rsp-0x80]          48 8d 64 24 80   step over the red zone
 //          call qword ptr [rip+body]    ff 15 disp32     the body returns right after it
+//          [at a return probe's entry: jmp qword ptr [rsp-8]  ff 64 24 f8 (return_trampoline.cpp)]
 //          <first DCR instruction, relocated>
 //          [with a post-handler:
 //          jmp +8 (eb 08); .quad ProbePoint*; lea rsp, [rsp-0x80]; call qword ptr [rip+post_body]]
@@ -71,6 +72,13 @@ enum class BodyKind : std::uint8_t { Entry, Middle, Post };
 //   .quad ProbePoint*; lea rsp, [rsp-0x80]; call qword ptr [rip+body]
 inline constexpr std::size_t stub_data_length = 8;
 inline constexpr std::size_t stub_call_sequence = 8 + 5 + 6;  // data, lea, call
+// `jmp qword ptr [rsp - 8]` after the pre-body call of a stub with a return
+// call (arch::OptimizedRegion::with_return_call).
+inline constexpr std::size_t stub_return_call_jump_length = 4;
+// The low bits of the pre-body call's data word (the point is 8-byte aligned).
+inline constexpr std::uintptr_t stub_tag_return_call = 1;    // the stub has that jmp
+inline constexpr std::uintptr_t stub_tag_narrow_return = 2;  // and the function no direct callers
+inline constexpr std::uintptr_t stub_tag_mask = 7;
 
 // The stub for `region`, to live at `stub_address`.  `post_after_first`
 // inserts the post-handler call after the first DCR instruction; `narrow`
@@ -79,9 +87,13 @@ inline constexpr std::size_t stub_call_sequence = 8 + 5 + 6;  // data, lea, call
 // Errc::OutOfRange when a relocated operand cannot reach; InvalidArgument
 // when it does not fit in `out`.
 struct StubLayout;
+// `data_tag` goes into the low bits of the pre-body call's data word;
+// with arch::stub_tag_return_call the stub continues after that call with
+// `jmp [rsp - 8]` (return_trampoline.cpp).
 [[nodiscard]] Result<std::size_t> build_stub(const DisplacedRegion& region, std::uint64_t stub_address,
                                              const void* point, BodyKind pre_body, bool post_after_first,
-                                             bool narrow, std::span<std::uint8_t> out, StubLayout* layout);
+                                             bool narrow, std::uintptr_t data_tag, std::span<std::uint8_t> out,
+                                             StubLayout* layout);
 
 // Where a thread enters a stub (after its first data word).
 [[nodiscard]] inline std::uint64_t stub_entry(std::uint64_t stub_address) noexcept {
