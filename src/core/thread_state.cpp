@@ -98,22 +98,8 @@ void release_exited_thread_records() noexcept {
     });
 }
 
-// Return-instance chunks.  Layout: this header, then instances, each
-// 16-byte aligned (an instance's data may hold anything the user puts there).
-struct ReturnStackChunk {
-    ReturnStackChunk* previous;
-    ReturnStackChunk* next;  // kept after popping, for reuse
-    std::size_t size;        // bytes mapped, header included
-    std::uint64_t reserved;
-};
-static_assert(sizeof(ReturnStackChunk) % 16 == 0);
-
 namespace {
 constexpr std::size_t return_chunk_size = 64 * 1024;
-
-std::size_t instance_size(std::size_t data_size) noexcept {
-    return (sizeof(ReturnInstance) + data_size + 15) & ~std::size_t{15};
-}
 
 ReturnStackChunk* map_return_chunk(std::size_t at_least, ReturnStackChunk* previous) noexcept {
     std::size_t size = return_chunk_size;
@@ -130,8 +116,7 @@ std::byte* chunk_begin(ReturnStackChunk* chunk) noexcept {
 std::byte* chunk_end(ReturnStackChunk* chunk) noexcept { return reinterpret_cast<std::byte*>(chunk) + chunk->size; }
 }  // namespace
 
-ReturnInstance* ReturnStack::push(std::size_t data_size) noexcept {
-    const std::size_t size = instance_size(data_size);
+ReturnInstance* ReturnStack::push_in_next_chunk(std::size_t size) noexcept {
     if (chunk_ == nullptr) {
         chunk_ = map_return_chunk(size, nullptr);
         if (chunk_ == nullptr) return nullptr;
@@ -151,20 +136,8 @@ ReturnInstance* ReturnStack::push(std::size_t data_size) noexcept {
         }
         free_ = chunk_begin(chunk_);
     }
-    auto* instance = new (free_) ReturnInstance{};
-    instance->below = top_;
-    instance->chunk = chunk_;
-    free_ += size;
-    top_ = instance;
-    return instance;
-}
-
-void ReturnStack::pop() noexcept {
-    ReturnInstance* instance = top_;
-    if (instance == nullptr) return;
-    top_ = instance->below;
-    chunk_ = instance->chunk;
-    free_ = reinterpret_cast<std::byte*>(instance);
+    end_ = chunk_end(chunk_);
+    return place(size);
 }
 
 void adopt_records_after_fork() noexcept {

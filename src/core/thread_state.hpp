@@ -32,6 +32,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <new>
 
 namespace ukp::arch {
 struct VectorView;
@@ -70,18 +71,54 @@ static_assert(sizeof(ReturnInstance) == 64);
 // The per-thread LIFO of return instances.  Only the owning thread touches
 // it (and, after the thread exited, whoever claims its record).
 // Async-signal-safe: memory comes from raw mmap, never malloc.
+// Chunks are laid out as this header, then instances, each 16-byte aligned
+// (an instance's data may hold anything the user puts there).
+struct ReturnStackChunk {
+    ReturnStackChunk* previous;
+    ReturnStackChunk* next;  // kept after popping, for reuse
+    std::size_t size;        // bytes mapped, header included
+    std::uint64_t reserved;
+};
+static_assert(sizeof(ReturnStackChunk) % 16 == 0);
+
 class ReturnStack {
 public:
     [[nodiscard]] ReturnInstance* top() const noexcept { return top_; }
     // A new instance with `data_size` bytes of data on top, zeroed header;
-    // nullptr when no memory can be mapped.
-    [[nodiscard]] ReturnInstance* push(std::size_t data_size) noexcept;
-    void pop() noexcept;
+    // nullptr when no memory can be mapped.  Inline while it fits in the
+    // current chunk: it runs on every watched call.
+    [[nodiscard]] ReturnInstance* push(std::size_t data_size) noexcept {
+        const std::size_t size = (sizeof(ReturnInstance) + data_size + 15) & ~std::size_t{15};
+        if (free_ == nullptr || free_ + size > end_) [[unlikely]]
+            return push_in_next_chunk(size);
+        return place(size);
+    }
+    void pop() noexcept {
+        ReturnInstance* instance = top_;
+        if (instance == nullptr) return;
+        top_ = instance->below;
+        if (instance->chunk != chunk_) [[unlikely]] {
+            chunk_ = instance->chunk;
+            end_ = reinterpret_cast<std::byte*>(chunk_) + chunk_->size;
+        }
+        free_ = reinterpret_cast<std::byte*>(instance);
+    }
 
 private:
+    ReturnInstance* place(std::size_t size) noexcept {
+        auto* instance = new (free_) ReturnInstance{};
+        instance->below = top_;
+        instance->chunk = chunk_;
+        free_ += size;
+        top_ = instance;
+        return instance;
+    }
+    [[nodiscard]] ReturnInstance* push_in_next_chunk(std::size_t size) noexcept;
+
     ReturnInstance* top_ = nullptr;
     ReturnStackChunk* chunk_ = nullptr;  // holds the top (or is the first chunk)
     std::byte* free_ = nullptr;          // first free byte in chunk_
+    std::byte* end_ = nullptr;           // chunk_'s end
 };
 
 // Releases an instance whose thread will never return through it (the
