@@ -36,11 +36,12 @@ test-sanitize: deps
 	@cmake --build $(BUILD)-ubsan -j $(JOBS)
 	cd $(BUILD)-ubsan && ctest --output-on-failure -j $(JOBS)
 	@cmake -S . -B $(BUILD)-asan -DUKP_SANITIZE=address,undefined $(SANITIZE_FLAGS) >/dev/null
-	@cmake --build $(BUILD)-asan -j $(JOBS) --target ukp_x86_tests ukp_elf_tests ukp_tracer_definition_tests ukp_tracer_output_tests
+	@cmake --build $(BUILD)-asan -j $(JOBS) --target ukp_x86_tests ukp_elf_tests ukp_tracer_definition_tests ukp_tracer_output_tests ukp_tracer_common_tests
 	$(BUILD)-asan/tests/ukp_x86_tests
 	$(BUILD)-asan/tests/ukp_elf_tests
 	$(BUILD)-asan/tests/ukp_tracer_definition_tests
 	$(BUILD)-asan/tests/ukp_tracer_output_tests
+	$(BUILD)-asan/tests/ukp_tracer_common_tests
 
 bench: build
 	@if [ ! -w /sys/kernel/tracing/uprobe_events ] && [ "$$(id -u)" = 0 ] && command -v unshare >/dev/null; then \

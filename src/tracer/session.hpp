@@ -253,14 +253,22 @@ struct Reservation {
 
 // Reserves `size` bytes (a multiple of 8, header included) in ring `index`.
 // Only the ring's owner thread may call it.  Inline: it is on every hit.
-[[nodiscard]] inline Reservation reserve(const Session& session, std::size_t index, std::uint32_t size) noexcept {
+//
+// `known_tail` is the producer's own copy of the consumer's tail: the tail's
+// cache line is read again only when that copy says the ring is full, not on
+// every record (the line moves to the consumer's core each time it frees
+// space).  The tail only grows, so an old copy can only understate the room.
+[[nodiscard]] inline Reservation reserve(const Session& session, std::size_t index, std::uint32_t size,
+                                         std::uint64_t& known_tail) noexcept {
     RingHeader& ring = session.ring(index);
     const std::uint64_t capacity = session.header().ring_bytes;
     std::uint64_t head = ring.head.load(std::memory_order_relaxed);
-    const std::uint64_t tail = ring.tail.load(std::memory_order_acquire);
     std::uint64_t offset = head & (capacity - 1);
     std::uint64_t padding = capacity - offset < size ? capacity - offset : 0;
-    if (head + padding + size - tail > capacity) return {};
+    if (head + padding + size - known_tail > capacity) {
+        known_tail = ring.tail.load(std::memory_order_acquire);
+        if (head + padding + size - known_tail > capacity) return {};
+    }
     std::uint8_t* data = session.ring_data(index);
     if (padding != 0) {
         auto* filler = reinterpret_cast<RecordHeader*>(data + offset);

@@ -37,6 +37,7 @@ __thread int ring_index = ring_none;
 __thread int thread_tid = 0;
 __thread char thread_comm[16];
 __thread int quiet_depth = 0;
+__thread std::uint64_t ring_known_tail = 0;  // reserve()'s copy of this thread's ring's tail
 
 int process_pid = 0;
 pthread_key_t ring_key;
@@ -75,6 +76,7 @@ int claim_ring(const Session& session) {
             ring.comm_tid.store(thread_tid, std::memory_order_release);
             ring.generation.fetch_add(1, std::memory_order_relaxed);
             ring_index = static_cast<int>(index);
+            ring_known_tail = ring.tail.load(std::memory_order_acquire);
             // A non-null value makes pthread run release_ring at thread exit;
             // with a key taken at startup this stores into the thread's
             // static key array: no allocation.
@@ -341,7 +343,7 @@ void on_hit(const CompiledEvent& event, const Regs& regs, std::uint64_t entry_ti
     }
     // Aggregating modes use the reservation as scratch space and never
     // commit it, so the ring cannot fill up.
-    Reservation reservation = reserve(session, static_cast<std::size_t>(ring), event.max_record);
+    Reservation reservation = reserve(session, static_cast<std::size_t>(ring), event.max_record, ring_known_tail);
     if (reservation.data == nullptr) {
         session.ring(static_cast<std::size_t>(ring)).lost.fetch_add(1, std::memory_order_relaxed);
         counters.lost.fetch_add(1, std::memory_order_relaxed);
