@@ -68,6 +68,23 @@
     "mov rdi, [rsp + %c[di]]\n"             \
     ".endm\n"
 
+// UKP_FILL_CONSTANT_FIELDS: orig_ax = -1 and the user cs and ss, as the
+// int3 path has them, in the pt_regs at [rbx] and its backup copy right
+// below it.  Clobbers rax.  Needs the [user_cs] and [user_ss] operands.
+#define UKP_ASM_CONSTANT_FIELDS_MACRO                   \
+    ".macro UKP_FILL_CONSTANT_FIELDS\n"                 \
+    "mov rax, -1\n"                                     \
+    "mov [rbx + %c[orig_ax]], rax\n"                    \
+    "mov [rbx - %c[regs_size] + %c[orig_ax]], rax\n"    \
+    "mov eax, %c[user_cs]\n"                            \
+    "mov [rbx + %c[cs]], rax\n"                         \
+    "mov [rbx - %c[regs_size] + %c[cs]], rax\n"         \
+    "mov eax, %c[user_ss]\n"                            \
+    "mov [rbx + %c[ss]], rax\n"                         \
+    "mov [rbx - %c[regs_size] + %c[ss]], rax\n"         \
+    ".endm\n"
+#define UKP_ASM_PURGE_CONSTANT_FIELDS_MACRO ".purgem UKP_FILL_CONSTANT_FIELDS\n"
+
 // UKP_SAVE_LOW_VECTORS last / UKP_RESTORE_LOW_VECTORS last: registers
 // 0..last at the widest width in use, one move each: zmm when XINUSE bit 6
 // (ZMM_Hi256) is set, else ymm when bit 2 (AVX) is, else xmm (legacy SSE

@@ -77,6 +77,7 @@ __attribute__((used)) static void define_return_trampoline() {
         UKP_ASM_GPR_MACROS
         UKP_ASM_VECTOR_MACROS
         UKP_ASM_FLAGS_MACRO
+        UKP_ASM_CONSTANT_FIELDS_MACRO
         R"(
         # UKP_RETURN_TRAMPOLINE name, last (15: xmm0-15; 1: the return
         # values xmm0-1 only), by_ret (1: leave with ret, see the exit)
@@ -101,18 +102,10 @@ __attribute__((used)) static void define_return_trampoline() {
         lea rax, [rbx + %c[regs_size] + 16]
         mov [rbx + %c[sp]], rax
         mov [rbx - %c[regs_size] + %c[sp]], rax
-        mov rax, -1
-        mov [rbx + %c[orig_ax]], rax
-        mov [rbx - %c[regs_size] + %c[orig_ax]], rax
         xor eax, eax
         mov [rbx + %c[ip]], rax
         mov [rbx - %c[regs_size] + %c[ip]], rax
-        mov eax, %c[user_cs]
-        mov [rbx + %c[cs]], rax
-        mov [rbx - %c[regs_size] + %c[cs]], rax
-        mov eax, %c[user_ss]
-        mov [rbx + %c[ss]], rax
-        mov [rbx - %c[regs_size] + %c[ss]], rax
+        UKP_FILL_CONSTANT_FIELDS
         # The ABI returns with DF clear; a function that broke that gets it
         # cleared for our code (the exit's popfq path puts it back).
         test byte ptr [rbx + %c[flags] + 1], 4
@@ -171,6 +164,7 @@ __attribute__((used)) static void define_return_trampoline() {
         UKP_RETURN_TRAMPOLINE ukp_return_trampoline_narrow_by_ret, 1, 1
         .purgem UKP_RETURN_TRAMPOLINE
         )" UKP_ASM_PURGE_GPR_MACROS UKP_ASM_PURGE_VECTOR_MACROS UKP_ASM_PURGE_FLAGS_MACRO
+        UKP_ASM_PURGE_CONSTANT_FIELDS_MACRO
         ".att_syntax prefix\n"
         ".popsection\n" ::UKP_PT_REGS_OPERANDS, UKP_FLAGS_OPERANDS, [vector_area] "i"(vector_area), [fnsave] "i"(fnsave_offset),
           [user_cs] "i"(user_cs), [user_ss] "i"(user_ss));

@@ -65,6 +65,7 @@ __attribute__((used)) static void define_trampoline_bodies() {
         UKP_ASM_GPR_MACROS
         UKP_ASM_VECTOR_MACROS
         UKP_ASM_FLAGS_MACRO
+        UKP_ASM_CONSTANT_FIELDS_MACRO
         R"(
 
         # UKP_BODY name, last_low_vector (7 at entry, 15 elsewhere),
@@ -90,15 +91,7 @@ __attribute__((used)) static void define_trampoline_bodies() {
         mov [rbx - %c[regs_size] + %c[sp]], rax
         # The fields a trampoline cannot know, as the int3 path has them
         # (the dispatcher sets ip), in both copies.
-        mov rax, -1
-        mov [rbx + %c[orig_ax]], rax
-        mov [rbx - %c[regs_size] + %c[orig_ax]], rax
-        mov eax, %c[user_cs]
-        mov [rbx + %c[cs]], rax
-        mov [rbx - %c[regs_size] + %c[cs]], rax
-        mov eax, %c[user_ss]
-        mov [rbx + %c[ss]], rax
-        mov [rbx - %c[regs_size] + %c[ss]], rax
+        UKP_FILL_CONSTANT_FIELDS
         # The C ABI wants DF clear, and a program single-stepping itself
         # must not step through the dispatcher and handlers: clear both for
         # the call (the exit takes its popfq path then and restores them).
@@ -192,6 +185,7 @@ ukp_trampoline_bodies_start:
 ukp_trampoline_bodies_end:
         .purgem UKP_BODY
         )" UKP_ASM_PURGE_GPR_MACROS UKP_ASM_PURGE_VECTOR_MACROS UKP_ASM_PURGE_FLAGS_MACRO
+        UKP_ASM_PURGE_CONSTANT_FIELDS_MACRO
         ".att_syntax prefix\n"
         ".popsection\n" ::UKP_PT_REGS_OPERANDS, UKP_FLAGS_OPERANDS, [gap] "i"(gap), [vector_area] "i"(vector_area),
         [call_sequence] "i"(stub_call_sequence), [user_cs] "i"(user_cs), [user_ss] "i"(user_ss));
