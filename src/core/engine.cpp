@@ -602,6 +602,27 @@ std::size_t Engine::reclaim() {
     return reclaim_locked();
 }
 
+void Engine::forget_unmapped_code(std::uint64_t start, std::uint64_t end) {
+    std::lock_guard lock(lock_);
+    std::vector<ProbePoint*> gone;
+    table.for_each([&](ProbePoint* point) {
+        if (point->address >= start && point->address < end) gone.push_back(point);
+    });
+    if (gone.empty()) return;
+    for (ProbePoint* point : gone) {
+        // Nothing is written: the bytes a disarm would restore are gone,
+        // and something else may be mapped there by now.  The stub and the
+        // slot go after a grace period, as usual.
+        if (point->optimization.load() != Optimization::None) finish_unoptimizing_locked(*point);
+        if (const HandlerList* list = point->handlers.load(std::memory_order_relaxed))
+            for (ProbeRecord* record : list->probes) record->point = nullptr;
+        point->armed = false;
+        table.remove(point->address);
+        retired_points_.push_back(point);
+    }
+    (void)reclaim_locked();
+}
+
 Result<void> Engine::register_probes(std::span<ProbeRecord* const> records, std::span<const ProbeTarget> targets) {
     std::lock_guard lock(lock_);
     if (auto ready = initialize_locked(); !ready) return ready;

@@ -92,6 +92,9 @@ public:
     // Frees what earlier unregistrations left for later; returns how many
     // slots are still waiting for threads to leave them.
     std::size_t reclaim();
+    // The code in [start, end) was unmapped (dlclose, unload.cpp): its probes
+    // are dropped without writing anything there, and count as unregistered.
+    void forget_unmapped_code(std::uint64_t start, std::uint64_t end);
 
     std::atomic<HandlerFaultPolicy> handler_fault_policy{HandlerFaultPolicy::Recover};
     // The process-wide switch for jump optimization (on by default).

@@ -160,6 +160,21 @@ TEST(Ukprobe, LibraryLoadedWithDlopenIsProbedOnArrival) {
     EXPECT_NE(result.err.find("functions probed"), std::string::npos) << result.err;
 }
 
+// dlclose drops the probes in the library (the engine must not write into
+// code that is gone); loaded again, it is probed again.  (Not libz: the
+// agent's own libelf keeps it loaded.)
+TEST(Ukprobe, LibraryUnloadedAndLoadedAgainIsProbedAgain) {
+    const std::string library = UKP_TEST_UNLOAD_LIBRARY;
+    const std::string module = library.substr(library.rfind('/') + 1);
+    auto result = run(ukprobe({"run", "-e", "p:u " + module + ":unload_target x=%di:s32", "--", TRACEE, "reload",
+                               library}));
+    EXPECT_EQ(lines_with(result.out, "unload_target(0)=1").size(), 1u) << result.out << result.err;
+    EXPECT_EQ(lines_with(result.out, "unload_target(1)=4").size(), 1u) << result.out << result.err;
+    EXPECT_EQ(lines_with(result.out, " u: ").size(), 2u) << result.out << result.err;
+    EXPECT_EQ(lines_with(result.out, "x=1").size(), 1u) << result.out;
+    EXPECT_EQ(result.exit_code(), 0) << result.err;
+}
+
 TEST(Ukprobe, BadPointersPrintTheFaultMarker) {
     auto result = run(ukprobe({"run", "-e", "p:str take_string s=+0(%di):string", "-e",
                                "p:pt take_point x=+0(%di):s32 y=+4(%di):s32 label=+0(+8(%di)):string", "--",

@@ -111,6 +111,21 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(mode, "zlib") == 0)
 		return zlib_round_trip();
+	/* reload PATH: a library loaded, called, unloaded, and again; a tracer
+	 * must follow the reload. */
+	if (strcmp(mode, "reload") == 0) {
+		for (int round = 0; round < 2; round++) {
+			void *library = dlopen(argv[2], RTLD_NOW | RTLD_LOCAL);
+			if (library == NULL) {
+				printf("dlopen: %s\n", dlerror());
+				return 1;
+			}
+			int (*target)(int) = (int (*)(int))dlsym(library, "unload_target");
+			printf("unload_target(%d)=%d\n", round, target(round));
+			dlclose(library);
+		}
+		return 0;
+	}
 	if (strcmp(mode, "wait") == 0) {
 		work(1, "ready");
 		printf("ready\n");

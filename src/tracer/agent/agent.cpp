@@ -53,6 +53,8 @@ struct ArmedEvent {
     std::unique_ptr<ukp::Kprobe> kprobe;
     std::unique_ptr<ukp::Kretprobe> kretprobe;
     std::string module;
+    std::size_t definition = 0;
+    bool dropped = false;  // its library was unloaded (requeue_unloaded)
 };
 
 struct PendingTarget {
@@ -279,7 +281,7 @@ ArmedEvent* prepare_event(std::size_t definition_index, const PendingTarget& tar
         *error = compiled.error();
         return nullptr;
     }
-    auto* armed = new ArmedEvent{*compiled, nullptr, nullptr, target.module};
+    auto* armed = new ArmedEvent{*compiled, nullptr, nullptr, target.module, definition_index};
     if (definition.type == ProbeType::Return) {
         armed->kretprobe = std::make_unique<ukp::Kretprobe>();
         auto& probe = *armed->kretprobe;
@@ -406,6 +408,28 @@ void arm_waiting() {
     std::erase_if(agent->waiting, [](std::size_t index) { return arm_definition(index); });
 }
 
+// A dlclose that unmapped a library dropped its probes (the engine never
+// writes into code that is gone): a definition left with no probe waits
+// for the library again, as before it was first loaded.  Run at the next
+// change of the loader's list, since the probes go only after dlclose
+// has notified the loader's watchers.
+void requeue_unloaded() {
+    std::vector<std::size_t> touched;
+    for (ArmedEvent* armed : agent->events) {
+        if (armed->dropped) continue;
+        if (armed->kprobe ? armed->kprobe->is_registered() : armed->kretprobe->is_registered()) continue;
+        armed->dropped = true;
+        touched.push_back(armed->definition);
+    }
+    for (std::size_t index : touched) {
+        bool any_left = std::any_of(agent->events.begin(), agent->events.end(), [index](const ArmedEvent* armed) {
+            return armed->definition == index && !armed->dropped;
+        });
+        if (!any_left && std::find(agent->waiting.begin(), agent->waiting.end(), index) == agent->waiting.end())
+            agent->waiting.push_back(index);
+    }
+}
+
 // Tells the tracer about every loaded object it has not seen yet.
 void publish_modules() {
     auto index = elf::SymbolIndex::snapshot();
@@ -432,6 +456,7 @@ int on_loader_change(ukp::Kprobe&, ukp::Regs&) {
     if (state == r_debug::RT_CONSISTENT && agent->last_loader_state == r_debug::RT_ADD) {
         QuietScope quiet;
         std::lock_guard guard(agent->lock);
+        requeue_unloaded();
         publish_modules();
         arm_waiting();
         refresh_kinds();
