@@ -130,13 +130,17 @@ struct Memory {
 [[nodiscard]] std::expected<OptimizedRegion, std::string> plan_optimization(
     std::span<const std::uint8_t> function_code, std::uint64_t function_start, std::uint64_t address,
     const PreparedInsn& probed, bool with_post_handler, bool direct_callers);
-// Every address inside [start, start + code.size()) that a direct call,
-// jump or conditional jump (rel32 or rel8) in `code`, mapped at `start`,
-// would go to; unsorted, with repeats.  Read from the bytes without
-// decoding, so bytes inside other instructions count too: it can only make
-// a function look called when it is not, the safe mistake.
+// Every address inside [lowest, highest) that a direct call, jump or
+// conditional jump (rel32 or rel8) starting in the first `scan_length`
+// bytes of `code`, mapped at `start`, would go to; unsorted, with repeats.
+// `code` may run past `scan_length` (up to 5 bytes are read past an
+// instruction's first byte), so a module can be scanned in windows.  Read
+// from the bytes without decoding, so bytes inside other instructions count
+// too: it can only make a function look called when it is not, the safe
+// mistake.
 [[nodiscard]] std::vector<std::uint64_t> direct_branch_targets(std::span<const std::uint8_t> code,
-                                                               std::uint64_t start);
+                                                               std::uint64_t start, std::size_t scan_length,
+                                                               std::uint64_t lowest, std::uint64_t highest);
 [[nodiscard]] std::uint64_t region_start(const OptimizedRegion& plan) noexcept;
 [[nodiscard]] std::size_t region_length(const OptimizedRegion& plan) noexcept;
 

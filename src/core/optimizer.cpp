@@ -76,12 +76,25 @@ bool Engine::has_direct_callers_locked(std::uint64_t function_start) {
     if (module == nullptr) return true;  // unknown code: assume the worst
     auto [entry, inserted] = direct_targets_.try_emplace({module->path, module->bias});
     if (inserted) {
+        // In windows, so that a large module is never copied whole; each
+        // window reads a few bytes past its end for the instructions that
+        // straddle it.  Targets anywhere in the module's code count.
+        constexpr std::size_t window = std::size_t{1} << 20, straddle = 8;
+        std::uint64_t lowest = UINT64_MAX, highest = 0;
         for (const auto& segment : module->executable_segments) {
-            auto code = read_original_code(segment.start, segment.end - segment.start);
-            auto targets = arch::direct_branch_targets(code, segment.start);
-            entry->second.insert(entry->second.end(), targets.begin(), targets.end());
+            lowest = std::min(lowest, segment.start);
+            highest = std::max(highest, segment.end);
+        }
+        for (const auto& segment : module->executable_segments) {
+            for (std::uint64_t at = segment.start; at < segment.end; at += window) {
+                const std::size_t length = std::min<std::uint64_t>(window, segment.end - at);
+                auto code = read_original_code(at, std::min<std::uint64_t>(length + straddle, segment.end - at));
+                auto targets = arch::direct_branch_targets(code, at, length, lowest, highest);
+                entry->second.insert(entry->second.end(), targets.begin(), targets.end());
+            }
         }
         std::sort(entry->second.begin(), entry->second.end());
+        entry->second.erase(std::unique(entry->second.begin(), entry->second.end()), entry->second.end());
     }
     return std::binary_search(entry->second.begin(), entry->second.end(), function_start);
 }

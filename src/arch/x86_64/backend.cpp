@@ -200,28 +200,10 @@ std::expected<OptimizedRegion, std::string> plan_optimization(std::span<const st
     return plan;
 }
 
-std::vector<std::uint64_t> direct_branch_targets(std::span<const std::uint8_t> code, std::uint64_t start) {
-    std::vector<std::uint64_t> targets;
-    const std::size_t size = code.size();
-    auto add = [&](std::size_t end, std::int64_t displacement) {
-        const std::uint64_t target = start + end + static_cast<std::uint64_t>(displacement);
-        if (target >= start && target < start + size) targets.push_back(target);
-    };
-    auto rel32 = [&](std::size_t at) {
-        std::int32_t value;
-        std::memcpy(&value, code.data() + at, sizeof value);
-        return static_cast<std::int64_t>(value);
-    };
-    for (std::size_t i = 0; i < size; ++i) {
-        const std::uint8_t byte = code[i];
-        if ((byte == 0xe8 || byte == 0xe9) && i + 5 <= size)  // call/jmp rel32
-            add(i + 5, rel32(i + 1));
-        else if (byte == 0x0f && i + 6 <= size && (code[i + 1] & 0xf0) == 0x80)  // jcc rel32 (a conditional tail call)
-            add(i + 6, rel32(i + 2));
-        if ((byte == 0xeb || (byte & 0xf0) == 0x70) && i + 2 <= size)  // jmp/jcc rel8
-            add(i + 2, static_cast<std::int8_t>(code[i + 1]));
-    }
-    return targets;
+std::vector<std::uint64_t> direct_branch_targets(std::span<const std::uint8_t> code, std::uint64_t start,
+                                                 std::size_t scan_length, std::uint64_t lowest,
+                                                 std::uint64_t highest) {
+    return x86::direct_branch_targets(code, start, scan_length, lowest, highest);
 }
 
 std::uint64_t region_start(const OptimizedRegion& plan) noexcept { return plan.region.start; }

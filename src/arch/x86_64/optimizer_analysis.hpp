@@ -82,4 +82,11 @@ struct OptimizeCheck {
 [[nodiscard]] Result<std::size_t> relocate_region(const DisplacedRegion& region, std::uint64_t new_address,
                                                   std::span<std::uint8_t> out);
 
+// What arch::direct_branch_targets (arch/backend.hpp) says: every address
+// in [lowest, highest) that a call/jmp/jcc rel32 or rel8 starting in the
+// first `scan_length` bytes of `code` (mapped at `start`) would go to.
+[[nodiscard]] std::vector<std::uint64_t> direct_branch_targets(std::span<const std::uint8_t> code,
+                                                               std::uint64_t start, std::size_t scan_length,
+                                                               std::uint64_t lowest, std::uint64_t highest);
+
 }  // namespace ukp::x86

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <map>
 #include <set>
 #include <vector>
@@ -678,6 +679,64 @@ TEST(OptimizerRealCode, EveryFunctionOfLibc) {
     EXPECT_GT(survey.functions, 1000u);
     // Regressions in the analysis show up as a drop here.
     EXPECT_GT(share, 0.40);
+}
+
+// The module scan for direct callers (arch::direct_branch_targets) runs in
+// windows: the windows' targets together must be the whole scan's, with
+// instructions that straddle a window's end and targets in other windows.
+std::vector<std::uint64_t> sorted_unique(std::vector<std::uint64_t> values) {
+    std::sort(values.begin(), values.end());
+    values.erase(std::unique(values.begin(), values.end()), values.end());
+    return values;
+}
+
+TEST(DirectBranchTargets, FindsCallsJumpsAndConditionalJumpsIntoTheRange) {
+    const std::uint64_t start = 0x10000;
+    std::vector<std::uint8_t> code(64, 0x90);
+    auto put_rel32 = [&](std::size_t at, std::uint8_t opcode, std::uint64_t target) {
+        code[at] = opcode;
+        auto displacement = static_cast<std::int32_t>(target - (start + at + 5));
+        std::memcpy(&code[at + 1], &displacement, 4);
+    };
+    put_rel32(0, 0xe8, start + 40);   // call
+    put_rel32(5, 0xe9, start + 48);   // jmp (a tail call)
+    code[10] = 0x0f;                  // jne rel32
+    code[11] = 0x85;
+    auto displacement = static_cast<std::int32_t>(32 - 16);
+    std::memcpy(&code[12], &displacement, 4);
+    code[16] = 0xeb;                  // jmp rel8 to +20
+    code[17] = 2;
+    put_rel32(20, 0xe8, start - 0x1000);  // out of the range: not counted
+    auto targets = sorted_unique(direct_branch_targets(code, start, code.size(), start, start + code.size()));
+    EXPECT_EQ(targets, (std::vector<std::uint64_t>{start + 20, start + 32, start + 40, start + 48}));
+}
+
+TEST(DirectBranchTargets, ScanningInWindowsFindsWhatOneScanFinds) {
+    // Pseudo-random bytes are full of e8/e9/0f8x/eb/7x: thousands of
+    // targets, many in other windows, some instructions across the seams.
+    const std::uint64_t start = 0x400000;
+    std::vector<std::uint8_t> code(1 << 16);
+    std::uint32_t state = 12345;
+    for (auto& byte : code) {
+        state = state * 1103515245u + 12345u;
+        byte = static_cast<std::uint8_t>(state >> 16);
+    }
+    // Keep rel32 targets inside: small displacements everywhere.
+    for (std::size_t i = 0; i + 5 <= code.size(); ++i)
+        if (code[i] == 0xe8 || code[i] == 0xe9) code[i + 4] = (code[i + 3] & 0x80) ? 0xff : 0x00;
+    const std::uint64_t end = start + code.size();
+    auto whole = sorted_unique(direct_branch_targets(code, start, code.size(), start, end));
+    ASSERT_GT(whole.size(), 1000u);
+    for (std::size_t window : {std::size_t{4096}, std::size_t{1000}, std::size_t{7}}) {
+        std::vector<std::uint64_t> pieces;
+        for (std::size_t at = 0; at < code.size(); at += window) {
+            std::size_t length = std::min(window, code.size() - at);
+            std::span<const std::uint8_t> part(code.data() + at, std::min(length + 8, code.size() - at));
+            auto found = direct_branch_targets(part, start + at, length, start, end);
+            pieces.insert(pieces.end(), found.begin(), found.end());
+        }
+        EXPECT_EQ(sorted_unique(pieces), whole) << "window " << window;
+    }
 }
 
 }  // namespace
