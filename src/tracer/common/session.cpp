@@ -82,9 +82,12 @@ Session Session::create(std::string_view definitions, const SessionOptions& opti
     header->ring_bytes = options.ring_bytes;
     header->definitions_offset = definitions_offset;
     header->definitions_length = static_cast<std::uint32_t>(definitions.size());
-    std::memcpy(static_cast<char*>(memory) + definitions_offset, definitions.data(), definitions.size());
+    if (!definitions.empty())
+        std::memcpy(static_cast<char*>(memory) + definitions_offset, definitions.data(), definitions.size());
     header->hist_field_length = static_cast<std::uint32_t>(options.hist_field.size());
-    std::memcpy(header->hist_field, options.hist_field.data(), options.hist_field.size());
+    // An empty string_view may have a null data(): memcpy must not see it.
+    if (!options.hist_field.empty())
+        std::memcpy(header->hist_field, options.hist_field.data(), options.hist_field.size());
     header->events_offset = events_offset;
     header->counters_offset = counters_offset;
     header->histograms_offset = histograms_offset;
