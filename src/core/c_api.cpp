@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "core/engine.hpp"
+#include "core/front_end.hpp"
 #include "ukprobes/kprobes.h"
 #include "ukprobes/ukprobes.hpp"
 
@@ -64,6 +65,8 @@ UKP_API int register_kprobes(struct kprobe** probes, int count) {
         record->mirror_nmissed = &probe->nmissed;
         record->enabled.store(!(probe->flags & KPROBE_FLAG_DISABLED));
         record->no_optimize = (probe->flags & UKP_NO_OPTIMIZE) != 0;
+        // A struct kretprobe's kp: its stub gets the return call (dispatch.cpp).
+        record->return_entry = probe->pre_handler == detail::c_return_entry;
         records.push_back(record);
         targets.push_back({reinterpret_cast<std::uint64_t>(probe->addr),
                            probe->symbol_name ? probe->symbol_name : "", probe->offset});

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "core/probe.hpp"
+#include "ukprobes/kprobes.h"
 #include "ukprobes/ukprobes.hpp"
 
 namespace ukp::detail {
@@ -12,5 +13,10 @@ namespace ukp::detail {
 // Kprobe's std::function (two indirect calls fewer on every hit); nullptr
 // undoes it.  Before registration or after unregistration.
 void set_return_entry_handler(Kprobe& probe, core::PreHandlerFn handler, void* data);
+
+// The pre-handler the C front end's register_kretprobes gives a struct
+// kretprobe's kp (kretprobe.cpp); c_api.cpp marks such records as return
+// probes' entries.
+int c_return_entry(struct kprobe* entry, struct pt_regs* regs);
 
 }  // namespace ukp::detail

@@ -525,14 +525,17 @@ int c_return(ReturnProbe& probe, ReturnInstance& instance, pt_regs& regs) {
     return static_cast<struct kretprobe*>(probe.front_end)
         ->handler(reinterpret_cast<struct kretprobe_instance*>(&instance), &regs);
 }
-int c_pre_handler(struct kprobe* entry, struct pt_regs* regs) {
-    auto* probe = static_cast<ReturnProbe*>(kretprobe_of(entry)->ukprobes_private);
-    return return_probe_entry(*probe, *regs);
-}
 
 std::once_flag c_trampoline_prepared;
 
 }  // namespace
+
+// The entry pre-handler of a C return probe; c_api.cpp recognises it and
+// marks the record as a return probe's entry.
+int ukp::detail::c_return_entry(struct kprobe* entry, struct pt_regs* regs) {
+    auto* probe = static_cast<ReturnProbe*>(kretprobe_of(entry)->ukprobes_private);
+    return return_probe_entry(*probe, *regs);
+}
 
 extern "C" {
 
@@ -559,7 +562,7 @@ UKP_API int register_kretprobes(struct kretprobe** probes, int count) {
         probe->maxactive = rp->maxactive > 0 ? static_cast<std::uint32_t>(rp->maxactive) : default_maxactive;
         probe->mirror_nmissed = &rp->nmissed;
         rp->ukprobes_private = probe;
-        rp->kp.pre_handler = c_pre_handler;
+        rp->kp.pre_handler = ukp::detail::c_return_entry;
         entries.push_back(&rp->kp);
     }
     int result = register_kprobes(entries.data(), count);
