@@ -251,6 +251,30 @@ single_step_first:
         ret
 END single_step_run
 
+# void single_step_call_run(void): sets TF, calls step_callee (which returns
+# its argument plus one), clears TF: steps into a call and back out of it.
+FUNCTION step_callee
+        lea r11, [r11 + 0]              # 4d 8d 5b 00
+        nop
+        lea eax, [rdi + 1]
+        ret
+END step_callee
+
+FUNCTION single_step_call_run
+        push rbx
+        pushfq
+        or qword ptr [rsp], 0x100
+        popfq
+        mov edi, 41
+        call step_callee
+        mov ebx, eax
+        pushfq
+        and qword ptr [rsp], -0x101
+        popfq
+        pop rbx
+        ret
+END single_step_call_run
+
 # --- Optimized probes -------------------------------------------------------
 
 # int opt_plain(int x) { return x + 3; }: a 5-byte region at the entry and

@@ -49,6 +49,8 @@ void return_values_run(const void* in, void* out);
 int tail_inner(int x);
 int tail_outer(int x);
 int tail_run(int x);
+int step_callee(int x);
+void single_step_call_run(void);
 
 std::uint64_t flags_run(std::uint64_t flags);
 extern char flags_site[];

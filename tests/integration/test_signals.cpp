@@ -245,6 +245,47 @@ TEST(Signals, ProgramSingleSteppingThroughProbesSeesTheSameSteps) {
     EXPECT_EQ(probed, reference);
 }
 
+// The same through a call to a function with a return probe: the steps
+// inside the entry's trampoline and the return trampoline (and its
+// handlers) are ours and never reach the program.
+std::vector<std::uint64_t> record_single_steps_through_a_call() {
+    std::vector<std::uint64_t> recorded;
+    recorded.reserve(64);
+    steps = &recorded;
+    single_step_call_run();
+    steps = nullptr;
+    return recorded;
+}
+
+class SingleStepThroughReturnProbe : public ::testing::TestWithParam<unsigned> {};
+
+TEST_P(SingleStepThroughReturnProbe, ProgramSeesTheSameSteps) {
+    ScopedHandler program_handler(SIGTRAP, record_step);
+    auto reference = record_single_steps_through_a_call();
+    ASSERT_GE(reference.size(), 6u);
+    std::atomic<int> entries{0}, returns{0};
+    ukp::Kretprobe probe{.kp = {.addr = function_address(step_callee), .flags = GetParam()},
+                         .handler = [&](ukp::KretprobeInstance&, ukp::Regs& regs) {
+                             returns += regs.ax == 42 ? 1 : 100;
+                             return 0;
+                         },
+                         .entry_handler = [&](ukp::KretprobeInstance&, ukp::Regs&) {
+                             ++entries;
+                             return 0;
+                         }};
+    ASSERT_TRUE(ukp::register_kretprobe(probe));
+    auto listed = ukp::list_probes();
+    ASSERT_EQ(listed.size(), 1u);
+    EXPECT_EQ(listed[0].kind, GetParam() == 0 ? "optimized" : "boosted") << ukp::format_probe_list();
+    auto probed = record_single_steps_through_a_call();
+    EXPECT_EQ(entries.load(), 1);
+    EXPECT_EQ(returns.load(), 1);
+    EXPECT_EQ(probed, reference);
+}
+
+INSTANTIATE_TEST_SUITE_P(Signals, SingleStepThroughReturnProbe, ::testing::Values(0u, ukp::flag_no_optimize),
+                         [](const auto& info) { return info.param ? "Int3" : "Optimized"; });
+
 }  // namespace
 
 namespace {

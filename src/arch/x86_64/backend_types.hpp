@@ -113,6 +113,8 @@ extern "C" char ukp_return_trampoline[] __attribute__((visibility("hidden")));
 // Stores the real return address and the trampoline variant for landing
 // `index` and returns the landing's address.
 [[nodiscard]] std::uint64_t return_landing(std::size_t index, std::uint64_t return_address, bool narrow) noexcept;
+// The return trampolines' code (a thread single-stepping there is in ours).
+[[nodiscard]] bool is_in_return_trampoline(std::uint64_t pc) noexcept;
 // For an optimized entry whose stub continues with `jmp [rsp - 8]`: where
 // to jump so that the function is entered by landing `index`'s call, which
 // goes on at `continuation`.  The trampoline then leaves with ret.

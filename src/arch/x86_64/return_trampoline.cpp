@@ -59,7 +59,7 @@ __attribute__((visibility("hidden"))) std::uint32_t ukp_return_trampoline_xinuse
 // the general registers, flags and sp), returns the real address.
 std::uint64_t ukp_return_probe_hit(pt_regs* regs, pt_regs* backup);
 extern char ukp_return_trampoline[], ukp_return_trampoline_by_ret[], ukp_return_trampoline_narrow[],
-    ukp_return_trampoline_narrow_by_ret[];
+    ukp_return_trampoline_narrow_by_ret[], ukp_return_trampolines_start[], ukp_return_trampolines_end[];
 }
 
 namespace ukp::x86 {
@@ -107,10 +107,15 @@ __attribute__((used)) static void define_return_trampoline() {
         mov [rbx - %c[regs_size] + %c[ip]], rax
         UKP_FILL_CONSTANT_FIELDS
         # The ABI returns with DF clear; a function that broke that gets it
-        # cleared for our code (the exit's popfq path puts it back).
-        test byte ptr [rbx + %c[flags] + 1], 4
+        # cleared for our code.  A program single-stepping itself must not
+        # step through our code and handlers: TF is cleared too (the steps
+        # before this, and after the exit's popfq path has put both back,
+        # land in the trampoline and are swallowed: is_in_trampoline_code).
+        test byte ptr [rbx + %c[flags] + 1], 5   # TF (bit 8), DF (bit 10)
         jz 2f
-        cld
+        pushfq
+        and qword ptr [rsp], -0x501
+        popfq
 2:      lea rsp, [rbx - %c[regs_size]]
         and rsp, -64
         sub rsp, %c[vector_area]
@@ -158,10 +163,17 @@ __attribute__((used)) static void define_return_trampoline() {
         .size \name, .-\name
         .endm
 
+        .globl ukp_return_trampolines_start
+        .hidden ukp_return_trampolines_start
+        .p2align 4
+ukp_return_trampolines_start:
         UKP_RETURN_TRAMPOLINE ukp_return_trampoline, 15, 0
         UKP_RETURN_TRAMPOLINE ukp_return_trampoline_by_ret, 15, 1
         UKP_RETURN_TRAMPOLINE ukp_return_trampoline_narrow, 1, 0
         UKP_RETURN_TRAMPOLINE ukp_return_trampoline_narrow_by_ret, 1, 1
+        .globl ukp_return_trampolines_end
+        .hidden ukp_return_trampolines_end
+ukp_return_trampolines_end:
         .purgem UKP_RETURN_TRAMPOLINE
         )" UKP_ASM_PURGE_GPR_MACROS UKP_ASM_PURGE_VECTOR_MACROS UKP_ASM_PURGE_FLAGS_MACRO
         UKP_ASM_PURGE_CONSTANT_FIELDS_MACRO
@@ -340,6 +352,11 @@ void prepare_return_landings() noexcept {
 }
 
 }  // namespace
+
+bool is_in_return_trampoline(std::uint64_t pc) noexcept {
+    return pc >= reinterpret_cast<std::uint64_t>(ukp_return_trampolines_start) &&
+           pc < reinterpret_cast<std::uint64_t>(ukp_return_trampolines_end);
+}
 
 std::int32_t claim_return_landing_block() noexcept {
     if (detail::return_landings.code.load(std::memory_order_acquire) == 0) return -1;
