@@ -207,11 +207,11 @@ void record_step(int, siginfo_t* info, void* context) {
     steps->push_back(static_cast<std::uint64_t>(static_cast<ucontext_t*>(context)->uc_mcontext.gregs[REG_RIP]));
 }
 
-std::vector<std::uint64_t> record_single_steps() {
+std::vector<std::uint64_t> record_single_steps(void (*run)() = single_step_run) {
     std::vector<std::uint64_t> recorded;
     recorded.reserve(64);
     steps = &recorded;
-    single_step_run();
+    run();
     steps = nullptr;
     return recorded;
 }
@@ -248,20 +248,12 @@ TEST(Signals, ProgramSingleSteppingThroughProbesSeesTheSameSteps) {
 // The same through a call to a function with a return probe: the steps
 // inside the entry's trampoline and the return trampoline (and its
 // handlers) are ours and never reach the program.
-std::vector<std::uint64_t> record_single_steps_through_a_call() {
-    std::vector<std::uint64_t> recorded;
-    recorded.reserve(64);
-    steps = &recorded;
-    single_step_call_run();
-    steps = nullptr;
-    return recorded;
-}
 
 class SingleStepThroughReturnProbe : public ::testing::TestWithParam<unsigned> {};
 
 TEST_P(SingleStepThroughReturnProbe, ProgramSeesTheSameSteps) {
     ScopedHandler program_handler(SIGTRAP, record_step);
-    auto reference = record_single_steps_through_a_call();
+    auto reference = record_single_steps(single_step_call_run);
     ASSERT_GE(reference.size(), 6u);
     std::atomic<int> entries{0}, returns{0};
     ukp::Kretprobe probe{.kp = {.addr = function_address(step_callee), .flags = GetParam()},
@@ -277,7 +269,7 @@ TEST_P(SingleStepThroughReturnProbe, ProgramSeesTheSameSteps) {
     auto listed = ukp::list_probes();
     ASSERT_EQ(listed.size(), 1u);
     EXPECT_EQ(listed[0].kind, GetParam() == 0 ? "optimized" : "boosted") << ukp::format_probe_list();
-    auto probed = record_single_steps_through_a_call();
+    auto probed = record_single_steps(single_step_call_run);
     EXPECT_EQ(entries.load(), 1);
     EXPECT_EQ(returns.load(), 1);
     EXPECT_EQ(probed, reference);
