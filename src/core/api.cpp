@@ -38,19 +38,25 @@ int call_fault(core::ProbeRecord& record, pt_regs& regs, int trap_number) {
     return probe->fault_handler(*probe, regs, trap_number);
 }
 
-detail::ProbeState& state_of(Kprobe& probe) {
+detail::ProbeState& created_state(Kprobe& probe) {
     if (probe.registration.state == nullptr) {
         probe.registration.state = new detail::ProbeState();
         probe.registration.state->owner = &probe;
     }
-    auto& record = probe.registration.state->record;
+    return *probe.registration.state;
+}
+
+// The state with its record's handlers as the Kprobe has them now.
+detail::ProbeState& state_of(Kprobe& probe) {
+    auto& state = created_state(probe);
+    auto& record = state.record;
     record.front_end = &probe;
-    record.pre_handler = probe.registration.state->internal_pre_handler ? probe.registration.state->internal_pre_handler
-                         : probe.pre_handler                               ? call_pre
-                                                                           : nullptr;
+    record.pre_handler = state.internal_pre_handler ? state.internal_pre_handler
+                         : probe.pre_handler        ? call_pre
+                                                    : nullptr;
     record.post_handler = probe.post_handler ? call_post : nullptr;
     record.fault_handler = probe.fault_handler ? call_fault : nullptr;
-    return *probe.registration.state;
+    return state;
 }
 
 core::ProbeTarget target_of(const Kprobe& probe) {
@@ -68,11 +74,11 @@ void after_registration(Kprobe& probe) {
 }  // namespace
 
 void detail::set_return_entry_handler(Kprobe& probe, core::PreHandlerFn handler, void* data) {
-    auto& state = state_of(probe);
+    auto& state = created_state(probe);
     state.internal_pre_handler = handler;
     state.record.handler_data = data;
     state.record.return_entry = handler != nullptr;
-    state.record.pre_handler = handler ? handler : probe.pre_handler ? call_pre : nullptr;
+    (void)state_of(probe);
 }
 
 UKP_API detail::Registration::~Registration() {

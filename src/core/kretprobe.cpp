@@ -472,10 +472,8 @@ UKP_API Result<void> register_kretprobes(std::span<Kretprobe* const> probes) {
         core_probe->maxactive = probe->maxactive > 0 ? static_cast<std::uint32_t>(probe->maxactive)
                                                      : core::default_maxactive;
         state->probe = core_probe;
-        probe->kp.pre_handler = [core_probe](Kprobe&, Regs& regs) {
-            return core::return_probe_entry(*core_probe, regs);
-        };
-        // What the record really calls: the same, without the std::function.
+        // The entry record calls return_probe_entry directly; kp.pre_handler
+        // is not used (a std::function holding core_probe would outlive it).
         detail::set_return_entry_handler(
             probe->kp,
             [](core::ProbeRecord& record, pt_regs& regs) {
