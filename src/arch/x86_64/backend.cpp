@@ -238,9 +238,7 @@ bool is_in_trampoline_code(std::uint64_t pc) noexcept {
     // A thread in a landing call is on its way into a stub; one in a return
     // trampoline is in our code (the steps of a program single-stepping
     // itself are swallowed there).
-    const std::uint64_t landings = detail::return_landings.code.load(std::memory_order_acquire);
-    return x86::is_in_trampoline_body(pc) || is_in_return_trampoline(pc) ||
-           (landings != 0 && pc - landings < return_landing_count * return_landing_size);
+    return x86::is_in_trampoline_body(pc) || is_in_return_trampoline(pc) || is_in_return_landings(pc);
 }
 
 std::uint64_t trampoline_original_address(const OptimizedRegion& plan, std::uint64_t pc) noexcept {

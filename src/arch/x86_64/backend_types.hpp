@@ -105,10 +105,13 @@ extern "C" char ukp_return_trampoline[] __attribute__((visibility("hidden")));
     return detail::return_landings.code.load(std::memory_order_relaxed) + index * return_landing_size +
            return_landing_offset;
 }
-[[nodiscard]] inline bool is_return_hijack(std::uint64_t address) noexcept {
-    if (address == return_trampoline_address()) return true;
+// Inside the landings' code (a landing or its landing call).
+[[nodiscard]] inline bool is_in_return_landings(std::uint64_t address) noexcept {
     std::uint64_t code = detail::return_landings.code.load(std::memory_order_acquire);
     return code != 0 && address - code < return_landing_count * return_landing_size;
+}
+[[nodiscard]] inline bool is_return_hijack(std::uint64_t address) noexcept {
+    return address == return_trampoline_address() || is_in_return_landings(address);
 }
 // Stores the real return address and the trampoline variant for landing
 // `index` and returns the landing's address.
