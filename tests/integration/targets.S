@@ -381,6 +381,18 @@ FUNCTION vector_entry_run
         ret
 END vector_entry_run
 
+# void clobber_ymm_registers(void): all ones into ymm0-15, then
+# vzeroupper, as a handler built with -mavx2 (or glibc's AVX2 string
+# functions) may leave them.  Every vector register is caller-saved.
+FUNCTION clobber_ymm_registers
+        vpcmpeqd ymm0, ymm0, ymm0
+        .irp i, 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+        vmovdqa ymm\i, ymm0
+        .endr
+        vzeroupper
+        ret
+END clobber_ymm_registers
+
 # What -fipa-ra does: ipa_caller_run(in, out) loads ymm0-15 from in, calls
 # ipa_callee directly, and stores ymm0-15 to out, as a caller does that keeps
 # its own values in the registers a callee it was compiled with leaves alone.

@@ -42,6 +42,7 @@ void vector_clobber_run(const void* in, void* out);
 extern char vector_clobber_site[];
 void vector_entry_function(void);
 void vector_entry_run(const void* in, void* out);
+void clobber_ymm_registers(void);
 void ipa_callee(void);
 void ipa_caller_run(const void* in, void* out);
 void return_values_function(void);

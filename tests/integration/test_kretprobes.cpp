@@ -163,11 +163,7 @@ protected:
 // What a handler built with -mavx2 may do to every vector register, then
 // glibc's (vector) memset and scalar floating point.
 int clobbering_return_handler(ukp::Regs& regs) {
-    asm volatile("vpcmpeqb %%ymm0, %%ymm0, %%ymm0\n\t"
-                 ".irp i, 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n\t"
-                 "vmovdqa %%ymm0, %%ymm\\i\n\t"
-                 ".endr" ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
-                 "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+    clobber_ymm_registers();
     static char buffer[4096];
     std::memset(buffer, static_cast<int>(regs.ax), sizeof buffer);
     volatile double scaled = static_cast<double>(regs.dx) * 1.5;

@@ -236,12 +236,7 @@ bool cpu_has_avx2() {
 // A handler that wrecks every vector register the ABI lets it clobber, the
 // way glibc's AVX2 string functions would.
 int clobber_vectors(ukp::Kprobe&, ukp::Regs&) {
-    asm volatile(
-        "vpcmpeqd %%ymm0, %%ymm0, %%ymm0\n"
-        ".irp i,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15\n vmovdqa %%ymm0, %%ymm\\i\n .endr\n"
-        "vzeroupper\n" ::
-            : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11",
-              "xmm12", "xmm13", "xmm14", "xmm15");
+    clobber_ymm_registers();
     return 0;
 }
 
