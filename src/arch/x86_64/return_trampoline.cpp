@@ -54,7 +54,7 @@
 
 extern "C" {
 // 1 when xgetbv(ecx=1) may be used (XINUSE), set by prepare_return_trampoline.
-__attribute__((visibility("hidden"))) std::uint32_t ukp_return_trampoline_xinuse = 0;
+__attribute__((visibility("hidden"), used)) std::uint32_t ukp_return_trampoline_xinuse = 0;
 // core/kretprobe.cpp: runs the return handlers (`backup`: a second copy of
 // the general registers, flags and sp), returns the real address.
 std::uint64_t ukp_return_probe_hit(pt_regs* regs, pt_regs* backup);
