@@ -97,7 +97,7 @@ enum class TrapKind : std::uint8_t { Breakpoint, SingleStep, Other };
 [[nodiscard]] std::uint64_t breakpoint_address(const pt_regs& regs) noexcept;
 // The program single-steps itself (TF); emulated instructions must then
 // report the step the hardware would have.
-[[nodiscard]] bool is_single_stepping(const pt_regs& regs) noexcept;
+// (inline, in the backend's backend_types.hpp: is_single_stepping)
 // The kernel's trap number for a fault signal (kprobes' fault_handler trapnr).
 [[nodiscard]] int trap_number(int signal, const siginfo_t* info) noexcept;
 

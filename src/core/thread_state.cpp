@@ -116,7 +116,7 @@ std::byte* chunk_begin(ReturnStackChunk* chunk) noexcept {
 std::byte* chunk_end(ReturnStackChunk* chunk) noexcept { return reinterpret_cast<std::byte*>(chunk) + chunk->size; }
 }  // namespace
 
-ReturnInstance* ReturnStack::push_in_next_chunk(std::size_t size) noexcept {
+ReturnInstance* ReturnStack::push_in_next_chunk(std::size_t size, const ReturnInstance& header) noexcept {
     if (chunk_ == nullptr) {
         chunk_ = map_return_chunk(size, nullptr);
         if (chunk_ == nullptr) return nullptr;
@@ -137,7 +137,7 @@ ReturnInstance* ReturnStack::push_in_next_chunk(std::size_t size) noexcept {
         free_ = chunk_begin(chunk_);
     }
     end_ = chunk_end(chunk_);
-    return place(size);
+    return place(size, header);
 }
 
 void adopt_records_after_fork() noexcept {

@@ -21,7 +21,6 @@
 namespace ukp::arch {
 
 namespace {
-constexpr std::uint64_t trap_flag = 1u << 8;
 constexpr std::uint8_t int3_opcode = 0xCC;
 }  // namespace
 
@@ -147,8 +146,6 @@ TrapKind classify_trap(const siginfo_t* info) noexcept {
 }
 
 std::uint64_t breakpoint_address(const pt_regs& regs) noexcept { return regs.ip - breakpoint_bytes.size(); }
-
-bool is_single_stepping(const pt_regs& regs) noexcept { return (regs.flags & trap_flag) != 0; }
 
 int trap_number(int signal, const siginfo_t* info) noexcept {
     // The x86 exception vectors the kernel would have passed as trapnr.

@@ -77,6 +77,11 @@ inline constexpr std::uintptr_t stub_tag_mask = x86::stub_tag_mask;
     return reinterpret_cast<std::uint64_t*>(sp - 8);
 }
 
+[[nodiscard]] inline bool is_single_stepping(const pt_regs& regs) noexcept {
+    constexpr std::uint64_t trap_flag = 1u << 8;
+    return (regs.flags & trap_flag) != 0;
+}
+
 // Return probes (see backend.hpp and return_trampoline.cpp).
 inline constexpr std::size_t return_landing_size = 32;  // landing call, landing, padding
 inline constexpr std::size_t return_landing_offset = 11;  // of the landing (the hijacked return address) in its slot
@@ -92,6 +97,9 @@ struct ReturnLandings {
 };
 extern ReturnLandings return_landings;
 extern "C" char ukp_return_trampoline[] __attribute__((visibility("hidden")));
+extern "C" char ukp_return_trampoline_by_ret[] __attribute__((visibility("hidden")));
+extern "C" char ukp_return_trampoline_narrow[] __attribute__((visibility("hidden")));
+extern "C" char ukp_return_trampoline_narrow_by_ret[] __attribute__((visibility("hidden")));
 }  // namespace detail
 
 [[nodiscard]] inline std::uint64_t return_trampoline_address() noexcept {
@@ -115,11 +123,26 @@ extern "C" char ukp_return_trampoline[] __attribute__((visibility("hidden")));
 }
 // Stores the real return address and the trampoline variant for landing
 // `index` and returns the landing's address.
-[[nodiscard]] std::uint64_t return_landing(std::size_t index, std::uint64_t return_address, bool narrow) noexcept;
+[[nodiscard]] inline std::uint64_t return_landing(std::size_t index, std::uint64_t return_address,
+                                                  bool narrow) noexcept {
+    auto& landings = detail::return_landings;
+    landings.targets[index] = return_address;
+    landings.jumps[index] = reinterpret_cast<std::uint64_t>(narrow ? detail::ukp_return_trampoline_narrow
+                                                                   : detail::ukp_return_trampoline);
+    return return_landing_address(index);
+}
 // The return trampolines' code (a thread single-stepping there is in ours).
 [[nodiscard]] bool is_in_return_trampoline(std::uint64_t pc) noexcept;
 // For an optimized entry whose stub continues with `jmp [rsp - 8]`: where
 // to jump so that the function is entered by landing `index`'s call, which
 // goes on at `continuation`.  The trampoline then leaves with ret.
-[[nodiscard]] std::uint64_t enter_by_landing_call(std::size_t index, std::uint64_t continuation) noexcept;
+[[nodiscard]] inline std::uint64_t enter_by_landing_call(std::size_t index, std::uint64_t continuation) noexcept {
+    auto& landings = detail::return_landings;
+    landings.entries[index] = continuation;
+    const bool narrow =
+        landings.jumps[index] == reinterpret_cast<std::uint64_t>(detail::ukp_return_trampoline_narrow);
+    landings.jumps[index] = reinterpret_cast<std::uint64_t>(narrow ? detail::ukp_return_trampoline_narrow_by_ret
+                                                                   : detail::ukp_return_trampoline_by_ret);
+    return landings.code.load(std::memory_order_relaxed) + index * return_landing_size;
+}
 }  // namespace ukp::arch

@@ -364,21 +364,4 @@ std::int32_t claim_return_landing_block() noexcept {
     return block < return_landing_blocks ? static_cast<std::int32_t>(block) : -1;
 }
 
-std::uint64_t return_landing(std::size_t index, std::uint64_t return_address, bool narrow) noexcept {
-    auto& landings = detail::return_landings;
-    landings.targets[index] = return_address;
-    landings.jumps[index] = reinterpret_cast<std::uint64_t>(narrow ? ukp_return_trampoline_narrow
-                                                                   : ukp_return_trampoline);
-    return return_landing_address(index);
-}
-
-std::uint64_t enter_by_landing_call(std::size_t index, std::uint64_t continuation) noexcept {
-    auto& landings = detail::return_landings;
-    landings.entries[index] = continuation;
-    const bool narrow = landings.jumps[index] == reinterpret_cast<std::uint64_t>(ukp_return_trampoline_narrow);
-    landings.jumps[index] = reinterpret_cast<std::uint64_t>(narrow ? ukp_return_trampoline_narrow_by_ret
-                                                                   : ukp_return_trampoline_by_ret);
-    return landings.code.load(std::memory_order_relaxed) + index * return_landing_size;
-}
-
 }  // namespace ukp::arch
