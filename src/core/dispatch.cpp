@@ -498,16 +498,20 @@ template <bool Post>
 
 }  // namespace
 
-extern "C" [[gnu::used]] std::uint64_t ukp_optimized_pre_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned count,
-                                               pt_regs* backup, void* data, std::uint64_t continuation) {
+// [[gnu::used]]: only the trampolines' assembly calls these, and an LTO
+// build would otherwise drop them.
+extern "C" [[gnu::used]] std::uint64_t ukp_optimized_pre_hit(pt_regs* regs, const std::uint8_t* vectors,
+                                                             unsigned count, pt_regs* backup, void* data,
+                                                             std::uint64_t continuation) {
     const auto word = reinterpret_cast<std::uintptr_t>(data);
     auto* point = reinterpret_cast<ProbePoint*>(word & ~arch::stub_tag_mask);
     if (const std::uintptr_t tag = word & arch::stub_tag_mask; tag != 0)
         return optimized_pre_hit_return_call(regs, vectors, count, backup, point, tag, continuation);
     return optimized_pre_hit(regs, vectors, count, backup, point, continuation);
 }
-extern "C" [[gnu::used]] std::uint64_t ukp_optimized_post_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned count,
-                                                pt_regs* backup, void* point, std::uint64_t continuation) {
+extern "C" [[gnu::used]] std::uint64_t ukp_optimized_post_hit(pt_regs* regs, const std::uint8_t* vectors,
+                                                              unsigned count, pt_regs* backup, void* point,
+                                                              std::uint64_t continuation) {
     return optimized_hit<true>(regs, vectors, count, backup, point, continuation);
 }
 

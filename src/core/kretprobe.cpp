@@ -268,7 +268,8 @@ void release_return_probe(ReturnProbe* probe) noexcept {
 using namespace ukp;
 using namespace ukp::core;
 
-extern "C" __attribute__((visibility("hidden"), used)) std::uint64_t ukp_return_probe_hit(pt_regs* regs, pt_regs* backup) {
+extern "C" __attribute__((visibility("hidden"), used)) std::uint64_t ukp_return_probe_hit(pt_regs* regs,
+                                                                                          pt_regs* backup) {
     ThreadRecord* record = this_thread_record_if_any();
     if (record == nullptr) fatal("ukprobes: a return probe's trampoline was reached by a thread without instances\n");
     ReturnPathScope scope(record);
