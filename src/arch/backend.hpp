@@ -7,6 +7,7 @@
 #include <signal.h>
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <expected>
 #include <span>
@@ -180,6 +181,38 @@ struct VectorView {
     std::uint8_t count = 0;
 };
 [[nodiscard]] VectorView vector_registers_of(const void* ucontext) noexcept;
+
+// What an optimized probe's trampoline body keeps right below the backup
+// pt_regs it passes to the dispatcher (x86: trampoline.cpp).  The common
+// case's handler call (one probe, a pre-handler, no nesting) escapes to the
+// body itself: a handler that faults resumes at `resume`, and the body calls
+// ukp_optimized_abandoned() to finish the hit.  So that call needs no guard
+// frame of its own, and the dispatcher keeps nothing but this frame across
+// it (a guard frame and the callee-saved registers it forces cost about a
+// fifth of an entry hit).
+struct OptimizedHitFrame {
+    std::uint64_t continuation;         // body: where the stub goes on
+    std::uint64_t body_state;           // body: its own, for the resume
+    std::uint64_t resume;               // body: at guarded_call_resume_offset
+    std::uint64_t outer_return_call;    // dispatcher, at a return probe's entry
+    void* outer_return_call_instance;   // likewise
+    VectorView view;                    // dispatcher: the saved vector registers
+};
+static_assert(offsetof(OptimizedHitFrame, resume) == guarded_call_resume_offset);
+// The frame lies right below the backup, which lies right below the
+// pt_regs the handlers see.
+[[nodiscard]] inline OptimizedHitFrame* optimized_hit_frame(pt_regs* backup) noexcept {
+    return reinterpret_cast<OptimizedHitFrame*>(backup) - 1;
+}
+[[nodiscard]] inline const OptimizedHitFrame* optimized_hit_frame(const pt_regs* backup) noexcept {
+    return reinterpret_cast<const OptimizedHitFrame*>(backup) - 1;
+}
+[[nodiscard]] inline pt_regs* optimized_hit_backup(const OptimizedHitFrame* frame) noexcept {
+    return reinterpret_cast<pt_regs*>(const_cast<OptimizedHitFrame*>(frame) + 1);
+}
+[[nodiscard]] inline pt_regs* optimized_hit_regs(const OptimizedHitFrame* frame) noexcept {
+    return optimized_hit_backup(frame) + 1;
+}
 
 // --- Reads that may fault (src/arch/x86_64/safe_copy.cpp) ---
 

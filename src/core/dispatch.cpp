@@ -422,45 +422,71 @@ template <bool Post>
 [[gnu::noinline]] std::uint64_t optimized_pre_hit_in_general(pt_regs* regs, const std::uint8_t* vectors,
                                                              unsigned count, pt_regs* backup, void* point,
                                                              std::uint64_t continuation) {
+    // Later handlers see what an undo leaves whole: the trampoline wrote
+    // only what it restores into the backup (trampoline.cpp).
+    backup->orig_ax = regs->orig_ax;
+    backup->cs = regs->cs;
+    backup->ss = regs->ss;
     return optimized_hit<false>(regs, vectors, count, backup, point, continuation);
+}
+
+// The state a fast-path hit gives its thread while the handler runs, taken
+// back: that of a thread outside the dispatcher (no guarded call, no vector
+// view, no current probe), which is what the fast path started from.
+inline void finish_fast_hit(ThreadRecord* record) noexcept {
+    record->handler_escape = 0;
+    record->escape_kind = EscapeKind::None;
+    record->current_probe = nullptr;
+    record->vector_view = nullptr;
+    DispatchScope::leave_outermost(record);
 }
 
 // The common case on its own: a thread outside the dispatcher hits a point
 // with one probe that has a pre-handler.  It does what optimized_hit<false>
 // does for it without the list walk, the undo copy for later handlers and
-// its frame, and the save of outer state that only nested hits have (about
-// a tenth of an entry hit here); anything else takes optimized_hit.
+// the save of outer state that only nested hits have; and its handler call
+// is a plain call whose escape point is the trampoline body's frame
+// (arch::OptimizedHitFrame): a faulting handler resumes in the body, which
+// calls ukp_optimized_abandoned().  Only the frame is live across the call
+// (the record is found again, and the probe is the current one).  The
+// backup's ip is left alone: nothing that reads an undone pt_regs follows.
+// Anything else takes optimized_hit.
 [[gnu::always_inline]] inline std::uint64_t optimized_pre_hit(pt_regs* regs, const std::uint8_t* vectors,
                                                               unsigned count, pt_regs* backup, ProbePoint* point,
                                                               std::uint64_t continuation) {
     ThreadRecord* record = detail::this_thread;
-    if (record == nullptr || record->dispatch_depth != 0 || record->current_probe != nullptr) [[unlikely]]
+    if (record == nullptr || record->dispatch_depth != 0 || record->current_probe != nullptr ||
+        record->handler_escape != 0) [[unlikely]]
         return optimized_pre_hit_in_general(regs, vectors, count, backup, point, continuation);
-    DispatchScope scope(record);
+    DispatchScope::enter_outermost(record);
     const HandlerList* list = point->handlers.load(std::memory_order_acquire);
     ProbeRecord* probe = list->only_pre;
     if (probe == nullptr) [[unlikely]] {
-        scope.leave();
+        DispatchScope::leave_outermost(record);
         return optimized_pre_hit_in_general(regs, vectors, count, backup, point, continuation);
     }
     arch::set_instruction_pointer(*regs, point->address);
-    arch::set_instruction_pointer(*backup, point->address);
-    if (!probe->enabled.load(std::memory_order_relaxed)) return continuation;
-    probe->count_hit(record->index);
-    const arch::VectorView view{vectors, 64, static_cast<std::uint8_t>(count)};
-    VectorRegistersScope vector_view(record, &view);
-    const std::uint64_t entry_sp = regs->sp;
-    record->current_probe = probe;
-    auto call = call_guarded(record, EscapeKind::Handler, reinterpret_cast<const void*>(probe->pre_handler), probe,
-                             regs);
-    record->current_probe = nullptr;
-    if (!call.completed) [[unlikely]] {
-        copy_regs(*regs, *backup);
+    if (!probe->enabled.load(std::memory_order_relaxed)) {
+        DispatchScope::leave_outermost(record);
         return continuation;
     }
-    if (static_cast<int>(call.value) == 0) [[likely]]
-        return continuation;
-    return optimized_redirect(probe, regs, backup, entry_sp, continuation);
+    probe->count_hit(record->index);
+    arch::OptimizedHitFrame* frame = arch::optimized_hit_frame(backup);
+    frame->view = arch::VectorView{vectors, 64, static_cast<std::uint8_t>(count)};
+    record->vector_view = &frame->view;
+    record->current_probe = probe;
+    record->escape_kind = EscapeKind::Handler;
+    record->handler_escape = reinterpret_cast<std::uint64_t>(frame);
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    const int value = probe->pre_handler(*probe, *regs);
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    record = detail::this_thread;
+    probe = record->current_probe;
+    finish_fast_hit(record);
+    if (value == 0) [[likely]]
+        return frame->continuation;
+    pt_regs* saved = arch::optimized_hit_backup(frame);
+    return optimized_redirect(probe, arch::optimized_hit_regs(frame), saved, saved->sp, frame->continuation);
 }
 
 // A return probe's entry (arch::OptimizedRegion::with_return_call): the
@@ -478,6 +504,10 @@ template <bool Post>
     if (record != nullptr) {
         outer_tag = record->return_call;
         outer_instance = record->return_call_instance;
+        // For ukp_optimized_abandoned(), should the handler fault.
+        arch::OptimizedHitFrame* frame = arch::optimized_hit_frame(backup);
+        frame->outer_return_call = outer_tag;
+        frame->outer_return_call_instance = outer_instance;
         record->return_call = tag;
         record->return_call_instance = nullptr;
     }
@@ -508,6 +538,20 @@ extern "C" [[gnu::used]] std::uint64_t ukp_optimized_pre_hit(pt_regs* regs, cons
     if (const std::uintptr_t tag = word & arch::stub_tag_mask; tag != 0)
         return optimized_pre_hit_return_call(regs, vectors, count, backup, point, tag, continuation);
     return optimized_pre_hit(regs, vectors, count, backup, point, continuation);
+}
+extern "C" [[gnu::used]] std::uint64_t ukp_optimized_abandoned(pt_regs* regs, pt_regs* backup,
+                                                               std::uint64_t continuation, void* data) {
+    const arch::OptimizedHitFrame* frame = arch::optimized_hit_frame(backup);
+    ThreadRecord* record = detail::this_thread;
+    finish_fast_hit(record);
+    copy_regs(*regs, *backup);
+    if ((reinterpret_cast<std::uintptr_t>(data) & arch::stub_tag_mask) != 0) {
+        // What optimized_pre_hit_return_call would have done after it.
+        record->return_call = frame->outer_return_call;
+        record->return_call_instance = static_cast<ReturnInstance*>(frame->outer_return_call_instance);
+        *arch::return_call_target_word(regs->sp) = arch::relocated_region_after_return_call(continuation);
+    }
+    return continuation;
 }
 extern "C" [[gnu::used]] std::uint64_t ukp_optimized_post_hit(pt_regs* regs, const std::uint8_t* vectors,
                                                               unsigned count, pt_regs* backup, void* point,

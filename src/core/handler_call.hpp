@@ -31,6 +31,18 @@ public:
         if (--record_->dispatch_depth == 0) bump(record_);
         record_ = nullptr;
     }
+    // The same for a path that knows it is the outermost entry and keeps no
+    // scope object (dispatch.cpp, optimized_pre_hit).
+    static void enter_outermost(ThreadRecord* record) noexcept {
+        record->dispatch_depth = 1;
+        bump(record);
+        std::atomic_signal_fence(std::memory_order_seq_cst);
+    }
+    static void leave_outermost(ThreadRecord* record) noexcept {
+        std::atomic_signal_fence(std::memory_order_seq_cst);
+        record->dispatch_depth = 0;
+        bump(record);
+    }
     DispatchScope(const DispatchScope&) = delete;
     DispatchScope& operator=(const DispatchScope&) = delete;
 

@@ -582,6 +582,36 @@ TEST(Kretprobe, FaultingReturnHandlerIsAbandonedAndTheReturnCompletes) {
     EXPECT_EQ(kret_add(1, 2), 3);
 }
 
+// A fault in a return probe's entry handler abandons it like any handler's:
+// its register changes are undone, the call runs and returns its own value
+// without a return handler, and the next call is probed as usual.  On the
+// optimized path the trampoline then finishes the entry's jump into the
+// function itself.
+TEST(Kretprobe, FaultingEntryHandlerIsAbandonedAndTheCallCompletes) {
+    volatile int* unmapped = reinterpret_cast<volatile int*>(0x10);
+    std::atomic<int> returns{0};
+    ukp::Kretprobe probe{.kp = {.addr = address_of(kret_add)},
+                         .handler =
+                             [&](ukp::KretprobeInstance&, ukp::Regs&) {
+                                 ++returns;
+                                 return 0;
+                             },
+                         .entry_handler = [&](ukp::KretprobeInstance&, ukp::Regs& regs) {
+                             if (regs.di != 20) return 0;
+                             regs.di = 1000;  // discarded with the rest of the abandoned call
+                             return *unmapped;
+                         }};
+    ASSERT_TRUE(ukp::register_kretprobe(probe));
+    ASSERT_EQ(ukp::list_probes().at(0).kind, "optimized") << ukp::format_probe_list();
+    ::testing::internal::CaptureStderr();
+    EXPECT_EQ(kret_add(20, 22), 42);
+    std::string reported = ::testing::internal::GetCapturedStderr();
+    EXPECT_NE(reported.find("faulted"), std::string::npos) << reported;
+    EXPECT_EQ(returns, 0);
+    EXPECT_EQ(kret_add(1, 2), 3);
+    EXPECT_EQ(returns, 1);
+}
+
 }  // namespace
 
 #include <execinfo.h>

@@ -68,20 +68,27 @@
     "mov rdi, [rsp + %c[di]]\n"             \
     ".endm\n"
 
-// UKP_FILL_CONSTANT_FIELDS: orig_ax = -1 and the user cs and ss, as the
-// int3 path has them, in the pt_regs at [rbx] and its backup copy right
-// below it.  Clobbers rax.  Needs the [user_cs] and [user_ss] operands.
+// UKP_FILL_CONSTANT_FIELDS backup: orig_ax = -1 and the user cs and ss, as
+// the int3 path has them, in the pt_regs at [rbx] and, with backup=1, in
+// its backup copy right below it.  Clobbers rax.  Needs the [user_cs] and
+// [user_ss] operands.
 #define UKP_ASM_CONSTANT_FIELDS_MACRO                   \
-    ".macro UKP_FILL_CONSTANT_FIELDS\n"                 \
+    ".macro UKP_FILL_CONSTANT_FIELDS backup\n"          \
     "mov rax, -1\n"                                     \
     "mov [rbx + %c[orig_ax]], rax\n"                    \
+    ".if \\backup\n"                                   \
     "mov [rbx - %c[regs_size] + %c[orig_ax]], rax\n"    \
+    ".endif\n"                                          \
     "mov eax, %c[user_cs]\n"                            \
     "mov [rbx + %c[cs]], rax\n"                         \
+    ".if \\backup\n"                                   \
     "mov [rbx - %c[regs_size] + %c[cs]], rax\n"         \
+    ".endif\n"                                          \
     "mov eax, %c[user_ss]\n"                            \
     "mov [rbx + %c[ss]], rax\n"                         \
+    ".if \\backup\n"                                   \
     "mov [rbx - %c[regs_size] + %c[ss]], rax\n"         \
+    ".endif\n"                                          \
     ".endm\n"
 #define UKP_ASM_PURGE_CONSTANT_FIELDS_MACRO ".purgem UKP_FILL_CONSTANT_FIELDS\n"
 

@@ -105,7 +105,7 @@ __attribute__((used)) static void define_return_trampoline() {
         xor eax, eax
         mov [rbx + %c[ip]], rax
         mov [rbx - %c[regs_size] + %c[ip]], rax
-        UKP_FILL_CONSTANT_FIELDS
+        UKP_FILL_CONSTANT_FIELDS 1
         # The ABI returns with DF clear; a function that broke that gets it
         # cleared for our code.  A program single-stepping itself must not
         # step through our code and handlers: TF is cleared too (the steps

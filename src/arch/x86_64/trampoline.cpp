@@ -10,7 +10,13 @@
 //                       registers, flags and sp (the backup a faulting
 //                       handler's changes are undone from: written here
 //                       while the values are in registers, it costs less
-//                       than a copy in C++); the 64-byte aligned vector area
+//                       than a copy in C++); arch::OptimizedHitFrame; the
+//                       64-byte aligned vector area
+//
+// A handler call the dispatcher makes through the frame (its common case)
+// that faults resumes at the body's label 70 with rsp = the frame: the body
+// finds its own registers again (rbx from rsp, r12 from the frame), lets
+// ukp_optimized_abandoned() finish the hit, and leaves as usual.
 //
 // Exit, the same for every outcome: the C++ side returns the continuation
 // C.  With T = regs.sp - 136 the body stores C at [T], restores every
@@ -29,6 +35,7 @@
 #include <cstring>
 #include <fmt/format.h>
 
+#include "arch/backend.hpp"
 #include "arch/x86_64/asm_pt_regs.hpp"
 #include "arch/x86_64/relocator.hpp"
 
@@ -59,6 +66,16 @@ constexpr std::size_t body_pointer_bytes = 16;  // pre body, post body at the sl
 // operands matter (offsetof values), and .pushsection puts the code in
 // .text under its own global labels.
 __attribute__((used)) static void define_trampoline_bodies() {
+    // An asm statement takes at most 30 operands: the frame's layout comes
+    // as assembler symbols, set first.
+    asm volatile(
+        ".set ukp_frame_size, %c[frame_size]\n"
+        ".set ukp_frame_resume, %c[frame_resume]\n"
+        ".set ukp_frame_body_state, %c[frame_body_state]\n"
+        ".set ukp_frame_continuation, %c[frame_continuation]\n" ::[frame_size] "i"(sizeof(arch::OptimizedHitFrame)),
+        [frame_resume] "i"(offsetof(arch::OptimizedHitFrame, resume)),
+        [frame_body_state] "i"(offsetof(arch::OptimizedHitFrame, body_state)),
+        [frame_continuation] "i"(offsetof(arch::OptimizedHitFrame, continuation)));
     asm volatile(
         ".pushsection .text\n"
         ".intel_syntax noprefix\n"
@@ -90,8 +107,11 @@ __attribute__((used)) static void define_trampoline_bodies() {
         mov [rbx + %c[sp]], rax
         mov [rbx - %c[regs_size] + %c[sp]], rax
         # The fields a trampoline cannot know, as the int3 path has them
-        # (the dispatcher sets ip), in both copies.
-        UKP_FILL_CONSTANT_FIELDS
+        # (the dispatcher sets ip).  Not in the backup: the registers that
+        # the body restores are what an undo needs, and the dispatcher's
+        # general path, whose later handlers see an undone pt_regs whole,
+        # completes it.
+        UKP_FILL_CONSTANT_FIELDS 0
         # The C ABI wants DF clear, and a program single-stepping itself
         # must not step through the dispatcher and handlers: clear both for
         # the call (the exit takes its popfq path then and restores them).
@@ -102,12 +122,17 @@ __attribute__((used)) static void define_trampoline_bodies() {
         and qword ptr [rsp], -0x501
         popfq
 10:
-        lea rsp, [rbx - %c[regs_size]]
-        and rsp, -64
-        sub rsp, %c[vector_area]
+        lea rsp, [rbx - %c[regs_size] - ukp_frame_size]
+        lea rax, [rip + 70f]
+        mov [rsp + ukp_frame_resume], rax
+        mov r9, [rbx + %c[regs_size] + 8 + %c[gap]]   # the stub's return address R: the continuation
+        mov [rsp + ukp_frame_continuation], r9
         mov ecx, 1
         xgetbv
         mov r12d, eax
+        mov [rsp + ukp_frame_body_state], r12
+        and rsp, -64
+        sub rsp, %c[vector_area]
 
         UKP_SAVE_LOW_VECTORS \last
         .if \wide
@@ -131,9 +156,9 @@ __attribute__((used)) static void define_trampoline_bodies() {
         mov rsi, rsp                    # the saved vector registers
         mov edx, \last + 1
         lea rcx, [rbx - %c[regs_size]]  # the backup
-        mov r9, [rbx + %c[regs_size] + 8 + %c[gap]]   # the stub's return address R: the continuation
         mov r8, [r9 - %c[call_sequence]]              # the stub's data word: the ProbePoint
         call \function
+71:
 
         .if \mxcsr
         # ldmxcsr is slow: only when a handler changed MXCSR.
@@ -168,6 +193,19 @@ __attribute__((used)) static void define_trampoline_bodies() {
         UKP_RESTORE_GPRS
         mov rsp, [rsp + %c[orig_ax]]
         ret 128
+
+70:     # A handler call abandoned (see above): rsp = the frame.
+        cld
+        lea rbx, [rsp + ukp_frame_size + %c[regs_size]]
+        mov r12, [rsp + ukp_frame_body_state]
+        mov rdx, [rsp + ukp_frame_continuation]
+        and rsp, -64
+        sub rsp, %c[vector_area]
+        mov rdi, rbx
+        lea rsi, [rbx - %c[regs_size]]
+        mov rcx, [rdx - %c[call_sequence]]
+        call ukp_optimized_abandoned
+        jmp 71b
         .size \name, .-\name
         .endm
 

@@ -131,10 +131,18 @@ struct StubLayout {
 // The C++ side of the bodies (src/core/dispatch.cpp).  `regs` has every
 // field but ip (orig_ax -1, cs and ss the user segments); `vectors` the
 // saved xmm registers (64 bytes apart, `count` of them); `backup` the same
-// general registers, flags, sp, orig_ax, cs and ss again (not ip); `point`
+// general registers, flags and sp again (not ip, orig_ax, cs, ss), with
+// arch::OptimizedHitFrame right below it; `point`
 // the stub's data word (the ProbePoint); `continuation` where the stub goes
 // on, the relocated region.  Returns where to continue.
 extern "C" std::uint64_t ukp_optimized_pre_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned count,
                                                pt_regs* backup, void* point, std::uint64_t continuation);
 extern "C" std::uint64_t ukp_optimized_post_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned count,
                                                 pt_regs* backup, void* point, std::uint64_t continuation);
+// A handler call made through the body's frame (arch::OptimizedHitFrame,
+// below `backup`) faulted and was abandoned: finish the hit as the
+// dispatcher would have (undo the handler's register changes), with the
+// same `regs`, `backup`, continuation and data word.  Returns where to
+// continue.
+extern "C" std::uint64_t ukp_optimized_abandoned(pt_regs* regs, pt_regs* backup, std::uint64_t continuation,
+                                                 void* point);
