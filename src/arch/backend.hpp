@@ -199,6 +199,18 @@ struct OptimizedHitFrame {
     VectorView view;                    // dispatcher: the saved vector registers
 };
 static_assert(offsetof(OptimizedHitFrame, resume) == guarded_call_resume_offset);
+// The same for the return trampoline (x86: return_trampoline.cpp): its
+// common case's return-handler call escapes to it, and it then calls
+// ukp_return_abandoned().
+struct ReturnHitFrame {
+    std::uint64_t body_state[2];        // trampoline: its own, for the resume
+    std::uint64_t resume;               // trampoline: at guarded_call_resume_offset
+    std::uint64_t padding;
+};
+static_assert(offsetof(ReturnHitFrame, resume) == guarded_call_resume_offset);
+[[nodiscard]] inline ReturnHitFrame* return_hit_frame(pt_regs* backup) noexcept {
+    return reinterpret_cast<ReturnHitFrame*>(backup) - 1;
+}
 // The frame lies right below the backup, which lies right below the
 // pt_regs the handlers see.
 [[nodiscard]] inline OptimizedHitFrame* optimized_hit_frame(pt_regs* backup) noexcept {

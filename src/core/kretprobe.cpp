@@ -268,38 +268,25 @@ void release_return_probe(ReturnProbe* probe) noexcept {
 using namespace ukp;
 using namespace ukp::core;
 
-extern "C" __attribute__((visibility("hidden"), used)) std::uint64_t ukp_return_probe_hit(pt_regs* regs,
-                                                                                          pt_regs* backup) {
-    ThreadRecord* record = this_thread_record_if_any();
-    if (record == nullptr) fatal("ukprobes: a return probe's trampoline was reached by a thread without instances\n");
-    ReturnPathScope scope(record);
+namespace {
+
+// Step 1: drop what was abandoned above the slot; the top instance must
+// then be the slot's.
+[[gnu::always_inline]] inline ReturnInstance* instance_for_slot(ThreadRecord* record, std::uint64_t slot) {
     auto& stack = record->return_stack;
-    const std::uint64_t slot = arch::return_address_slot_at_return(*regs);
-    // Step 1.
     while (stack.top() != nullptr && stack.top()->slot < slot) drop_top_abandoned(*record);
     ReturnInstance* instance = stack.top();
     if (instance == nullptr || instance->slot != slot || !instance->armed)
         fatal("ukprobes: a return probe's trampoline found no instance for its stack slot; aborting\n");
-    // Step 2, for the common case on its own: one instance on the slot (no
-    // tail call), so nothing but the instance itself lives across the
-    // handler call.  The loop below keeps more state across each call and
-    // spills it (~5% of a return probe).
-    if (instance->below == nullptr || instance->below->slot != slot) [[likely]] {
-        const std::uint64_t return_address = instance->return_address;
-        regs->ip = return_address;
-        ReturnProbe* probe = instance->probe;
-        if (probe->return_handler != nullptr && !probe->gone.load(std::memory_order_relaxed)) {
-            const std::uint64_t sp = regs->sp;
-            backup->ip = return_address;
-            if (!call_guarded(record, EscapeKind::Handler, reinterpret_cast<const void*>(probe->return_handler),
-                              probe, instance, regs)
-                     .completed)
-                copy_regs(*regs, *backup);
-            regs->sp = sp;
-        }
-        release_top(*record);
-        return return_address;
-    }
+    return instance;
+}
+
+// Step 2 for every instance on the slot (tail calls stack several there),
+// each return-handler call guarded on its own.
+[[gnu::noinline]] std::uint64_t return_through_instances(ThreadRecord* record, pt_regs* regs, pt_regs* backup,
+                                                         std::uint64_t slot) {
+    auto& stack = record->return_stack;
+    ReturnInstance* instance = nullptr;
     std::uint64_t return_address = 0;
     bool backup_is_current = true;
     while ((instance = stack.top()) != nullptr && instance->slot == slot && instance->armed) {
@@ -326,6 +313,76 @@ extern "C" __attribute__((visibility("hidden"), used)) std::uint64_t ukp_return_
     }
     // Step 3.
     return return_address;
+}
+
+// A return while the thread runs a handler or the dispatcher (a probed
+// function called by a handler): the state it finds is not the outermost
+// one the common case restores, so every call is guarded on its own.
+[[gnu::noinline]] std::uint64_t return_probe_hit_nested(ThreadRecord* record, pt_regs* regs, pt_regs* backup) {
+    ReturnPathScope scope(record);
+    const std::uint64_t slot = arch::return_address_slot_at_return(*regs);
+    (void)instance_for_slot(record, slot);
+    return return_through_instances(record, regs, backup, slot);
+}
+
+// What the common case takes back: the state of a thread outside the
+// dispatcher, which is what it started from.
+inline void finish_outermost_return(ThreadRecord* record) noexcept {
+    record->current_probe = nullptr;
+    DispatchScope::leave_outermost(record);
+}
+
+}  // namespace
+
+// The common case: a return outside any handler, one instance on its slot.
+// Its return-handler call escapes to the trampoline itself
+// (arch::ReturnHitFrame) instead of a guard frame of its own, so that
+// nothing but the instance and the two pt_regs pointers live across it.
+extern "C" __attribute__((visibility("hidden"), used)) std::uint64_t ukp_return_probe_hit(pt_regs* regs,
+                                                                                          pt_regs* backup) {
+    ThreadRecord* record = this_thread_record_if_any();
+    if (record == nullptr) fatal("ukprobes: a return probe's trampoline was reached by a thread without instances\n");
+    if (record->dispatch_depth != 0 || record->current_probe != nullptr || record->handler_escape != 0) [[unlikely]]
+        return return_probe_hit_nested(record, regs, backup);
+    // As ReturnPathScope, for the outermost entry.
+    DispatchScope::enter_outermost(record);
+    record->current_probe = &return_path_marker;
+    const std::uint64_t slot = arch::return_address_slot_at_return(*regs);
+    ReturnInstance* instance = instance_for_slot(record, slot);
+    if (instance->below != nullptr && instance->below->slot == slot) [[unlikely]] {
+        const std::uint64_t return_address = return_through_instances(record, regs, backup, slot);
+        finish_outermost_return(record);
+        return return_address;
+    }
+    regs->ip = instance->return_address;
+    backup->ip = instance->return_address;
+    ReturnProbe* probe = instance->probe;
+    if (probe->return_handler != nullptr && !probe->gone.load(std::memory_order_relaxed)) {
+        record->escape_kind = EscapeKind::Handler;
+        record->handler_escape = reinterpret_cast<std::uint64_t>(arch::return_hit_frame(backup));
+        std::atomic_signal_fence(std::memory_order_seq_cst);
+        (void)probe->return_handler(*probe, *instance, *regs);
+        std::atomic_signal_fence(std::memory_order_seq_cst);
+        record = this_thread_record_if_any();
+        record->handler_escape = 0;
+        record->escape_kind = EscapeKind::None;
+        regs->sp = backup->sp;  // the trampoline returns with the stack as it is
+    }
+    release_top(*record);
+    finish_outermost_return(record);
+    return backup->ip;
+}
+
+// The return handler of that call faulted: undo its changes and finish.
+extern "C" __attribute__((visibility("hidden"), used)) std::uint64_t ukp_return_abandoned(pt_regs* regs,
+                                                                                          pt_regs* backup) {
+    ThreadRecord* record = this_thread_record_if_any();
+    record->handler_escape = 0;
+    record->escape_kind = EscapeKind::None;
+    copy_regs(*regs, *backup);
+    release_top(*record);
+    finish_outermost_return(record);
+    return backup->ip;
 }
 
 // --- Unwinding interposers ----------------------------------------------

@@ -33,7 +33,12 @@
 //   S-8        the flags (pushfq)
 //   below      struct pt_regs; a second copy of its general registers,
 //              flags and sp (the backup a faulting handler's changes are
-//              undone from); the 64-byte aligned vector area
+//              undone from); arch::ReturnHitFrame; the 64-byte aligned
+//              vector area
+// A return-handler call made through the frame (the common case of
+// ukp_return_probe_hit) that faults resumes at label 70 with rsp = the
+// frame: the trampoline finds rbx from rsp and r12, r13 in the frame, lets
+// ukp_return_abandoned() finish the return, and leaves as usual.
 // Exit: restore everything from pt_regs, rsp = S + 8, `jmp [S]`: rip = the
 // real return address, rsp = S + 8, exactly what the caller expects.  A
 // signal arriving before the jump builds its frame below S + 8 - 128: [S]
@@ -58,6 +63,8 @@ __attribute__((visibility("hidden"), used)) std::uint32_t ukp_return_trampoline_
 // core/kretprobe.cpp: runs the return handlers (`backup`: a second copy of
 // the general registers, flags and sp), returns the real address.
 std::uint64_t ukp_return_probe_hit(pt_regs* regs, pt_regs* backup);
+// The same after that call's return handler faulted and was abandoned.
+std::uint64_t ukp_return_abandoned(pt_regs* regs, pt_regs* backup);
 extern char ukp_return_trampoline[], ukp_return_trampoline_by_ret[], ukp_return_trampoline_narrow[],
     ukp_return_trampoline_narrow_by_ret[], ukp_return_trampolines_start[], ukp_return_trampolines_end[];
 }
@@ -71,6 +78,13 @@ static_assert(vector_area % 64 == 0);
 }  // namespace
 
 __attribute__((used)) static void define_return_trampoline() {
+    // An asm statement takes at most 30 operands: the frame's layout comes
+    // as assembler symbols, set first.
+    asm volatile(".set ukp_return_frame_size, %c[size]\n"
+                 ".set ukp_return_frame_resume, %c[resume]\n"
+                 ".set ukp_return_frame_state, %c[state]\n" ::[size] "i"(sizeof(arch::ReturnHitFrame)),
+                 [resume] "i"(offsetof(arch::ReturnHitFrame, resume)),
+                 [state] "i"(offsetof(arch::ReturnHitFrame, body_state)));
     asm volatile(
         ".pushsection .text\n"
         ".intel_syntax noprefix\n"
@@ -116,7 +130,9 @@ __attribute__((used)) static void define_return_trampoline() {
         pushfq
         and qword ptr [rsp], -0x501
         popfq
-2:      lea rsp, [rbx - %c[regs_size]]
+2:      lea rsp, [rbx - %c[regs_size] - ukp_return_frame_size]
+        lea rax, [rip + 70f]
+        mov [rsp + ukp_return_frame_resume], rax
         and rsp, -64
         sub rsp, %c[vector_area]
         xor eax, eax
@@ -132,10 +148,12 @@ __attribute__((used)) static void define_return_trampoline() {
         jz 4f
         fnsave [rsp + %c[fnsave]]
 4:
+        mov [rbx - %c[regs_size] - ukp_return_frame_size + ukp_return_frame_state], r12
+        mov [rbx - %c[regs_size] - ukp_return_frame_size + ukp_return_frame_state + 8], r13
         mov rdi, rbx
         lea rsi, [rbx - %c[regs_size]]  # the backup
         call ukp_return_probe_hit
-        mov [rbx + %c[regs_size] + 8], rax
+71:     mov [rbx + %c[regs_size] + 8], rax
 
         test r13d, r13d
         jz 5f
@@ -160,6 +178,18 @@ __attribute__((used)) static void define_return_trampoline() {
         lea rsp, [rsp + %c[regs_size] + 16]
         jmp qword ptr [rsp - 8]
         .endif
+
+70:     # A return-handler call abandoned (see above): rsp = the frame.
+        cld
+        lea rbx, [rsp + ukp_return_frame_size + %c[regs_size]]
+        mov r12, [rsp + ukp_return_frame_state]
+        mov r13, [rsp + ukp_return_frame_state + 8]
+        and rsp, -64
+        sub rsp, %c[vector_area]
+        mov rdi, rbx
+        lea rsi, [rbx - %c[regs_size]]
+        call ukp_return_abandoned
+        jmp 71b
         .size \name, .-\name
         .endm
 
