@@ -289,6 +289,10 @@ namespace {
     ReturnInstance* instance = nullptr;
     std::uint64_t return_address = 0;
     bool backup_is_current = true;
+    // The trampoline wrote only what it restores into the backup.
+    backup->orig_ax = regs->orig_ax;
+    backup->cs = regs->cs;
+    backup->ss = regs->ss;
     while ((instance = stack.top()) != nullptr && instance->slot == slot && instance->armed) {
         return_address = instance->return_address;
         regs->ip = return_address;

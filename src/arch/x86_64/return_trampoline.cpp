@@ -116,10 +116,11 @@ __attribute__((used)) static void define_return_trampoline() {
         lea rax, [rbx + %c[regs_size] + 16]
         mov [rbx + %c[sp]], rax
         mov [rbx - %c[regs_size] + %c[sp]], rax
-        xor eax, eax
-        mov [rbx + %c[ip]], rax
-        mov [rbx - %c[regs_size] + %c[ip]], rax
-        UKP_FILL_CONSTANT_FIELDS 1
+        # ip is the dispatcher's to set (the real return address).  Not in
+        # the backup: what an undo needs is what this restores, and the
+        # return path's loop, whose later handlers see an undone pt_regs
+        # whole, completes it.
+        UKP_FILL_CONSTANT_FIELDS 0
         # The ABI returns with DF clear; a function that broke that gets it
         # cleared for our code.  A program single-stepping itself must not
         # step through our code and handlers: TF is cleared too (the steps
