@@ -495,7 +495,7 @@ inline void finish_fast_hit(ThreadRecord* record) noexcept {
 // instance a return probe's entry handler hijacked in this hit, which
 // keeps the return stack buffer right (return_trampoline.cpp).  A handler
 // that redirected execution (or moved the stack or set TF) gets neither.
-[[gnu::noinline]] std::uint64_t optimized_pre_hit_return_call(pt_regs* regs, const std::uint8_t* vectors,
+[[gnu::always_inline]] inline std::uint64_t optimized_pre_hit_return_call(pt_regs* regs, const std::uint8_t* vectors,
                                                               unsigned count, pt_regs* backup, ProbePoint* point,
                                                               std::uintptr_t tag, std::uint64_t continuation) {
     ThreadRecord* record = this_thread_record();
@@ -535,9 +535,17 @@ extern "C" [[gnu::used]] std::uint64_t ukp_optimized_pre_hit(pt_regs* regs, cons
                                                              std::uint64_t continuation) {
     const auto word = reinterpret_cast<std::uintptr_t>(data);
     auto* point = reinterpret_cast<ProbePoint*>(word & ~arch::stub_tag_mask);
-    if (const std::uintptr_t tag = word & arch::stub_tag_mask; tag != 0)
-        return optimized_pre_hit_return_call(regs, vectors, count, backup, point, tag, continuation);
+    if (const std::uintptr_t tag = word & arch::stub_tag_mask; tag != 0) [[unlikely]]  // has its own body
+        return ukp_optimized_return_call_hit(regs, vectors, count, backup, data, continuation);
     return optimized_pre_hit(regs, vectors, count, backup, point, continuation);
+}
+extern "C" [[gnu::used]] std::uint64_t ukp_optimized_return_call_hit(pt_regs* regs, const std::uint8_t* vectors,
+                                                                     unsigned count, pt_regs* backup, void* data,
+                                                                     std::uint64_t continuation) {
+    const auto word = reinterpret_cast<std::uintptr_t>(data);
+    auto* point = reinterpret_cast<ProbePoint*>(word & ~arch::stub_tag_mask);
+    return optimized_pre_hit_return_call(regs, vectors, count, backup, point, word & arch::stub_tag_mask,
+                                         continuation);
 }
 extern "C" [[gnu::used]] std::uint64_t ukp_optimized_abandoned(pt_regs* regs, pt_regs* backup,
                                                                std::uint64_t continuation, void* data) {

@@ -218,6 +218,11 @@ ukp_trampoline_bodies_start:
         UKP_BODY ukp_trampoline_body_middle_narrow, 15, 0, 1, ukp_optimized_pre_hit
         UKP_BODY ukp_trampoline_body_post, 15, 1, 1, ukp_optimized_post_hit
         UKP_BODY ukp_trampoline_body_post_narrow, 15, 0, 1, ukp_optimized_post_hit
+        # A return probe's entry (stub_tag_return_call) has its own C++
+        # side: one call fewer on every watched call.
+        UKP_BODY ukp_trampoline_body_entry_return, 7, 0, 0, ukp_optimized_return_call_hit
+        UKP_BODY ukp_trampoline_body_middle_return, 15, 1, 1, ukp_optimized_return_call_hit
+        UKP_BODY ukp_trampoline_body_middle_narrow_return, 15, 0, 1, ukp_optimized_return_call_hit
         .globl ukp_trampoline_bodies_end
         .hidden ukp_trampoline_bodies_end
 ukp_trampoline_bodies_end:
@@ -231,7 +236,8 @@ ukp_trampoline_bodies_end:
 
 extern "C" char ukp_trampoline_bodies_start[], ukp_trampoline_bodies_end[];
 extern "C" char ukp_trampoline_body_entry[], ukp_trampoline_body_middle[], ukp_trampoline_body_middle_narrow[],
-    ukp_trampoline_body_post[], ukp_trampoline_body_post_narrow[];
+    ukp_trampoline_body_post[], ukp_trampoline_body_post_narrow[], ukp_trampoline_body_entry_return[],
+    ukp_trampoline_body_middle_return[], ukp_trampoline_body_middle_narrow_return[];
 
 bool is_in_trampoline_body(std::uint64_t pc) noexcept {
     return pc >= reinterpret_cast<std::uint64_t>(ukp_trampoline_bodies_start) &&
@@ -279,9 +285,15 @@ Result<std::size_t> build_stub(const DisplacedRegion& region, std::uint64_t stub
         return make_error(Errc::InvalidArgument, "trampoline stub buffer too small");
     std::memset(out.data(), 0xcc, out.size());  // int3 padding
     const std::size_t pre_pointer = out.size() - 8, post_pointer = out.size() - 16;
-    void* pre = pre_body == BodyKind::Entry ? static_cast<void*>(ukp_trampoline_body_entry)
-                : narrow                    ? static_cast<void*>(ukp_trampoline_body_middle_narrow)
-                                            : static_cast<void*>(ukp_trampoline_body_middle);
+    void* pre = nullptr;
+    if (data_tag & stub_tag_return_call)
+        pre = pre_body == BodyKind::Entry ? static_cast<void*>(ukp_trampoline_body_entry_return)
+              : narrow                    ? static_cast<void*>(ukp_trampoline_body_middle_narrow_return)
+                                          : static_cast<void*>(ukp_trampoline_body_middle_return);
+    else
+        pre = pre_body == BodyKind::Entry ? static_cast<void*>(ukp_trampoline_body_entry)
+              : narrow                    ? static_cast<void*>(ukp_trampoline_body_middle_narrow)
+                                          : static_cast<void*>(ukp_trampoline_body_middle);
     void* post = narrow ? static_cast<void*>(ukp_trampoline_body_post_narrow)
                         : static_cast<void*>(ukp_trampoline_body_post);
     put_u64(out, pre_pointer, reinterpret_cast<std::uint64_t>(pre));

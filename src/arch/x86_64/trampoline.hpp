@@ -139,6 +139,9 @@ extern "C" std::uint64_t ukp_optimized_pre_hit(pt_regs* regs, const std::uint8_t
                                                pt_regs* backup, void* point, std::uint64_t continuation);
 extern "C" std::uint64_t ukp_optimized_post_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned count,
                                                 pt_regs* backup, void* point, std::uint64_t continuation);
+// The same for a return probe's entry (a stub with stub_tag_return_call).
+extern "C" std::uint64_t ukp_optimized_return_call_hit(pt_regs* regs, const std::uint8_t* vectors, unsigned count,
+                                                       pt_regs* backup, void* point, std::uint64_t continuation);
 // A handler call made through the body's frame (arch::OptimizedHitFrame,
 // below `backup`) faulted and was abandoned: finish the hit as the
 // dispatcher would have (undo the handler's register changes), with the
