@@ -521,7 +521,8 @@ inline void finish_fast_hit(ThreadRecord* record) noexcept {
     if (next != continuation) return next;
     std::uint64_t target = arch::relocated_region_after_return_call(continuation);
     if (instance != nullptr && instance->slot == regs->sp && !arch::is_single_stepping(*regs))
-        target = arch::enter_by_landing_call(instance->landing - 1, target);
+        target = arch::enter_by_landing_call(instance->landing - 1, target,
+                                             (tag & arch::stub_tag_narrow_return) != 0);
     *arch::return_call_target_word(regs->sp) = target;
     return continuation;
 }

@@ -135,12 +135,13 @@ extern "C" char ukp_return_trampoline_narrow_by_ret[] __attribute__((visibility(
 [[nodiscard]] bool is_in_return_trampoline(std::uint64_t pc) noexcept;
 // For an optimized entry whose stub continues with `jmp [rsp - 8]`: where
 // to jump so that the function is entered by landing `index`'s call, which
-// goes on at `continuation`.  The trampoline then leaves with ret.
-[[nodiscard]] inline std::uint64_t enter_by_landing_call(std::size_t index, std::uint64_t continuation) noexcept {
+// goes on at `continuation`.  The trampoline then leaves with ret; `narrow`
+// as given to return_landing() (passed again rather than read back from
+// the table just written: the load waited for that store).
+[[nodiscard]] inline std::uint64_t enter_by_landing_call(std::size_t index, std::uint64_t continuation,
+                                                         bool narrow) noexcept {
     auto& landings = detail::return_landings;
     landings.entries[index] = continuation;
-    const bool narrow =
-        landings.jumps[index] == reinterpret_cast<std::uint64_t>(detail::ukp_return_trampoline_narrow);
     landings.jumps[index] = reinterpret_cast<std::uint64_t>(narrow ? detail::ukp_return_trampoline_narrow_by_ret
                                                                    : detail::ukp_return_trampoline_by_ret);
     return landings.code.load(std::memory_order_relaxed) + index * return_landing_size;
