@@ -194,8 +194,6 @@ struct OptimizedHitFrame {
     std::uint64_t continuation;         // body: where the stub goes on
     std::uint64_t body_state;           // body: its own, for the resume
     std::uint64_t resume;               // body: at guarded_call_resume_offset
-    std::uint64_t outer_return_call;    // dispatcher, at a return probe's entry
-    void* outer_return_call_instance;   // likewise
     VectorView view;                    // dispatcher: the saved vector registers
 };
 static_assert(offsetof(OptimizedHitFrame, resume) == guarded_call_resume_offset);
@@ -215,9 +213,6 @@ static_assert(offsetof(ReturnHitFrame, resume) == guarded_call_resume_offset);
 // pt_regs the handlers see.
 [[nodiscard]] inline OptimizedHitFrame* optimized_hit_frame(pt_regs* backup) noexcept {
     return reinterpret_cast<OptimizedHitFrame*>(backup) - 1;
-}
-[[nodiscard]] inline const OptimizedHitFrame* optimized_hit_frame(const pt_regs* backup) noexcept {
-    return reinterpret_cast<const OptimizedHitFrame*>(backup) - 1;
 }
 [[nodiscard]] inline pt_regs* optimized_hit_backup(const OptimizedHitFrame* frame) noexcept {
     return reinterpret_cast<pt_regs*>(const_cast<OptimizedHitFrame*>(frame) + 1);

@@ -495,6 +495,12 @@ inline void finish_fast_hit(ThreadRecord* record) noexcept {
 // instance a return probe's entry handler hijacked in this hit, which
 // keeps the return stack buffer right (return_trampoline.cpp).  A handler
 // that redirected execution (or moved the stack or set TF) gets neither.
+//
+// Outside such an entry the record holds no return call (0, nullptr), and
+// that is what ukp_optimized_abandoned() puts back after a fault in the
+// common path.  An entry inside another one's (a signal handler of the
+// program ran in between) takes the general path, whose guarded calls
+// restore the outer state themselves.
 [[gnu::always_inline]] inline std::uint64_t optimized_pre_hit_return_call(pt_regs* regs, const std::uint8_t* vectors,
                                                               unsigned count, pt_regs* backup, ProbePoint* point,
                                                               std::uintptr_t tag, std::uint64_t continuation) {
@@ -504,14 +510,12 @@ inline void finish_fast_hit(ThreadRecord* record) noexcept {
     if (record != nullptr) {
         outer_tag = record->return_call;
         outer_instance = record->return_call_instance;
-        // For ukp_optimized_abandoned(), should the handler fault.
-        arch::OptimizedHitFrame* frame = arch::optimized_hit_frame(backup);
-        frame->outer_return_call = outer_tag;
-        frame->outer_return_call_instance = outer_instance;
         record->return_call = tag;
         record->return_call_instance = nullptr;
     }
-    const std::uint64_t next = optimized_pre_hit(regs, vectors, count, backup, point, continuation);
+    const std::uint64_t next = outer_tag == 0
+                                   ? optimized_pre_hit(regs, vectors, count, backup, point, continuation)
+                                   : optimized_pre_hit_in_general(regs, vectors, count, backup, point, continuation);
     ReturnInstance* instance = nullptr;
     if (record != nullptr) {
         instance = record->return_call_instance;
@@ -550,14 +554,14 @@ extern "C" [[gnu::used]] std::uint64_t ukp_optimized_return_call_hit(pt_regs* re
 }
 extern "C" [[gnu::used]] std::uint64_t ukp_optimized_abandoned(pt_regs* regs, pt_regs* backup,
                                                                std::uint64_t continuation, void* data) {
-    const arch::OptimizedHitFrame* frame = arch::optimized_hit_frame(backup);
     ThreadRecord* record = detail::this_thread;
     finish_fast_hit(record);
     copy_regs(*regs, *backup);
     if ((reinterpret_cast<std::uintptr_t>(data) & arch::stub_tag_mask) != 0) {
-        // What optimized_pre_hit_return_call would have done after it.
-        record->return_call = frame->outer_return_call;
-        record->return_call_instance = static_cast<ReturnInstance*>(frame->outer_return_call_instance);
+        // What optimized_pre_hit_return_call would have done after it (the
+        // common path runs only outside another return call's entry).
+        record->return_call = 0;
+        record->return_call_instance = nullptr;
         *arch::return_call_target_word(regs->sp) = arch::relocated_region_after_return_call(continuation);
     }
     return continuation;

@@ -68,6 +68,7 @@
 #include <unwind.h>
 
 #include <cstring>
+#include <new>
 
 #include "core/engine.hpp"
 #include "core/front_end.hpp"
@@ -474,17 +475,29 @@ struct KretprobeState {
 
 namespace {
 
-int call_entry(ReturnProbe& probe, ReturnInstance& instance, pt_regs& regs) {
-    auto* owner = static_cast<Kretprobe*>(probe.front_end);
-    KretprobeInstance view{reinterpret_cast<std::byte*>(&instance) + sizeof(ReturnInstance), owner,
-                           instance.return_address, instance.slot};
-    return owner->entry_handler(view, regs);
+// A C++ instance holds its KretprobeInstance right after the header, and
+// the user's data after that: the entry handler builds it there and the
+// return handler gets the same object, as a kernel kretprobe_instance is
+// one object for both (and building it once saves stores on every return).
+constexpr std::size_t view_size = (sizeof(KretprobeInstance) + 15) & ~std::size_t{15};
+
+KretprobeInstance& build_view(ReturnProbe& probe, ReturnInstance& instance) {
+    auto* at = reinterpret_cast<std::byte*>(&instance) + sizeof(ReturnInstance);
+    return *new (at) KretprobeInstance{at + view_size, static_cast<Kretprobe*>(probe.front_end),
+                                       instance.return_address, instance.slot};
 }
+int call_entry(ReturnProbe& probe, ReturnInstance& instance, pt_regs& regs) {
+    return static_cast<Kretprobe*>(probe.front_end)->entry_handler(build_view(probe, instance), regs);
+}
+// After call_entry built the view.
 int call_return(ReturnProbe& probe, ReturnInstance& instance, pt_regs& regs) {
-    auto* owner = static_cast<Kretprobe*>(probe.front_end);
-    KretprobeInstance view{reinterpret_cast<std::byte*>(&instance) + sizeof(ReturnInstance), owner,
-                           instance.return_address, instance.slot};
-    return owner->handler(view, regs);
+    auto& view = *std::launder(reinterpret_cast<KretprobeInstance*>(reinterpret_cast<std::byte*>(&instance) +
+                                                                    sizeof(ReturnInstance)));
+    return static_cast<Kretprobe*>(probe.front_end)->handler(view, regs);
+}
+// Without an entry handler, nothing built it.
+int build_and_call_return(ReturnProbe& probe, ReturnInstance& instance, pt_regs& regs) {
+    return static_cast<Kretprobe*>(probe.front_end)->handler(build_view(probe, instance), regs);
 }
 
 std::once_flag trampoline_prepared;
@@ -552,9 +565,11 @@ UKP_API Result<void> register_kretprobes(std::span<Kretprobe* const> probes) {
         core::release_return_probe(state->probe);
         auto* core_probe = new core::ReturnProbe();
         core_probe->entry_handler = probe->entry_handler ? call_entry : nullptr;
-        core_probe->return_handler = probe->handler ? call_return : nullptr;
+        core_probe->return_handler = !probe->handler      ? nullptr
+                                     : probe->entry_handler ? call_return
+                                                            : build_and_call_return;
         core_probe->front_end = probe;
-        core_probe->data_size = probe->data_size;
+        core_probe->data_size = view_size + probe->data_size;
         core_probe->maxactive = probe->maxactive > 0 ? static_cast<std::uint32_t>(probe->maxactive)
                                                      : core::default_maxactive;
         state->probe = core_probe;
