@@ -310,6 +310,30 @@ TEST(Kretprobe, EntryDataReachesTheReturnHandlerOfTheSameCall) {
     EXPECT_EQ(mismatches, 0);
 }
 
+// As in the kernel, one instance object serves both handlers of a call.
+TEST(Kretprobe, EntryAndReturnHandlersSeeTheSameInstance) {
+    std::atomic<int> same{0}, returns{0};
+    ukp::Kretprobe probe{.kp = {.addr = address_of(kret_recurse)},
+                         .handler =
+                             [&](ukp::KretprobeInstance& instance, ukp::Regs&) {
+                                 if (*static_cast<ukp::KretprobeInstance**>(instance.data) == &instance &&
+                                     instance.rp == &probe)
+                                     ++same;
+                                 ++returns;
+                                 return 0;
+                             },
+                         .entry_handler =
+                             [](ukp::KretprobeInstance& instance, ukp::Regs&) {
+                                 *static_cast<ukp::KretprobeInstance**>(instance.data) = &instance;
+                                 return 0;
+                             },
+                         .data_size = sizeof(void*)};
+    ASSERT_TRUE(ukp::register_kretprobe(probe));
+    EXPECT_EQ(kret_recurse(5), 5);
+    EXPECT_EQ(returns, 6);
+    EXPECT_EQ(same, 6);
+}
+
 TEST(Kretprobe, EntryHandlerReturningNonZeroSkipsTheReturn) {
     std::atomic<int> returns{0};
     ukp::Kretprobe probe{.kp = {.addr = address_of(kret_add)},
