@@ -359,8 +359,10 @@ extern "C" __attribute__((visibility("hidden"), used)) std::uint64_t ukp_return_
         finish_outermost_return(record);
         return return_address;
     }
+    // The handler's changes to ip and sp are not kept: the trampoline leaves
+    // by its own frame and to the instance's return address, and no later
+    // handler sees them here.
     regs->ip = instance->return_address;
-    backup->ip = instance->return_address;
     ReturnProbe* probe = instance->probe;
     if (probe->return_handler != nullptr && !probe->gone.load(std::memory_order_relaxed)) {
         record->escape_kind = EscapeKind::Handler;
@@ -371,11 +373,11 @@ extern "C" __attribute__((visibility("hidden"), used)) std::uint64_t ukp_return_
         record = this_thread_record_if_any();
         record->handler_escape = 0;
         record->escape_kind = EscapeKind::None;
-        regs->sp = backup->sp;  // the trampoline returns with the stack as it is
     }
+    const std::uint64_t return_address = record->return_stack.top()->return_address;
     release_top(*record);
     finish_outermost_return(record);
-    return backup->ip;
+    return return_address;
 }
 
 // The return handler of that call faulted: undo its changes and finish.
@@ -385,9 +387,10 @@ extern "C" __attribute__((visibility("hidden"), used)) std::uint64_t ukp_return_
     record->handler_escape = 0;
     record->escape_kind = EscapeKind::None;
     copy_regs(*regs, *backup);
+    const std::uint64_t return_address = record->return_stack.top()->return_address;
     release_top(*record);
     finish_outermost_return(record);
-    return backup->ip;
+    return return_address;
 }
 
 // --- Unwinding interposers ----------------------------------------------

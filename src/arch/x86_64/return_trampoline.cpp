@@ -37,7 +37,7 @@
 //              vector area
 // A return-handler call made through the frame (the common case of
 // ukp_return_probe_hit) that faults resumes at label 70 with rsp = the
-// frame: the trampoline finds rbx from rsp and r12, r13 in the frame, lets
+// frame: the trampoline finds rbx from rsp and r12d, r13d in the frame, lets
 // ukp_return_abandoned() finish the return, and leaves as usual.
 // Exit: restore everything from pt_regs, rsp = S + 8, `jmp [S]`: rip = the
 // real return address, rsp = S + 8, exactly what the caller expects.  A
@@ -149,8 +149,11 @@ __attribute__((used)) static void define_return_trampoline() {
         jz 4f
         fnsave [rsp + %c[fnsave]]
 4:
-        mov [rbx - %c[regs_size] - ukp_return_frame_size + ukp_return_frame_state], r12
-        mov [rbx - %c[regs_size] - ukp_return_frame_size + ukp_return_frame_state + 8], r13
+        # r12d (XINUSE) and r13d (x87 TOP) for the resume, in one store.
+        mov eax, r13d
+        shl rax, 32
+        or rax, r12
+        mov [rbx - %c[regs_size] - ukp_return_frame_size + ukp_return_frame_state], rax
         mov rdi, rbx
         lea rsi, [rbx - %c[regs_size]]  # the backup
         call ukp_return_probe_hit
@@ -183,8 +186,8 @@ __attribute__((used)) static void define_return_trampoline() {
 70:     # A return-handler call abandoned (see above): rsp = the frame.
         cld
         lea rbx, [rsp + ukp_return_frame_size + %c[regs_size]]
-        mov r12, [rsp + ukp_return_frame_state]
-        mov r13, [rsp + ukp_return_frame_state + 8]
+        mov r12d, [rsp + ukp_return_frame_state]
+        mov r13d, [rsp + ukp_return_frame_state + 4]
         and rsp, -64
         sub rsp, %c[vector_area]
         mov rdi, rbx
