@@ -40,6 +40,8 @@
 //   - anywhere else: the program's own fault, delivered to its disposition.
 #include <signal.h>
 
+#include <utility>
+
 #include "arch/backend.hpp"
 #include "core/engine.hpp"
 #include "core/handler_call.hpp"
@@ -229,7 +231,15 @@ void on_trap_signal(int signal, siginfo_t* info, void* context) {
         Outcome outcome;
         std::uint64_t slot = 0;
         if (ProbePoint* point = engine.table.find(address)) {
+            // A signal can arrive inside an optimized return probe's entry
+            // before its dispatch, while the record describes that entry's
+            // return call (optimized_pre_hit_return_call); a return probe's
+            // entry hit here must not take itself for it.
+            const std::uintptr_t outer_call = std::exchange(record->return_call, 0);
+            ReturnInstance* outer_instance = std::exchange(record->return_call_instance, nullptr);
             outcome = hit_probe(record, point, regs);
+            record->return_call = outer_call;
+            record->return_call_instance = outer_instance;
         } else if (ProbePoint* owner = engine.slots.owner_of(address, &slot);
                    owner && arch::locate_in_slot(owner->insn, slot, address) == arch::SlotPlace::AtPostBreakpoint) {
             outcome = hit_post_breakpoint(record, owner, regs);
