@@ -273,7 +273,7 @@ namespace {
 
 // Step 1: drop what was abandoned above the slot; the top instance must
 // then be the slot's.
-[[gnu::always_inline]] inline ReturnInstance* instance_for_slot(ThreadRecord* record, std::uint64_t slot) {
+[[gnu::noinline]] ReturnInstance* drop_to_slot(ThreadRecord* record, std::uint64_t slot) {
     auto& stack = record->return_stack;
     while (stack.top() != nullptr && stack.top()->slot < slot) drop_top_abandoned(*record);
     ReturnInstance* instance = stack.top();
@@ -281,6 +281,7 @@ namespace {
         fatal("ukprobes: a return probe's trampoline found no instance for its stack slot; aborting\n");
     return instance;
 }
+
 
 // Step 2 for every instance on the slot (tail calls stack several there),
 // each return-handler call guarded on its own.
@@ -326,7 +327,7 @@ namespace {
 [[gnu::noinline]] std::uint64_t return_probe_hit_nested(ThreadRecord* record, pt_regs* regs, pt_regs* backup) {
     ReturnPathScope scope(record);
     const std::uint64_t slot = arch::return_address_slot_at_return(*regs);
-    (void)instance_for_slot(record, slot);
+    (void)drop_to_slot(record, slot);
     return return_through_instances(record, regs, backup, slot);
 }
 
@@ -335,6 +336,19 @@ namespace {
 inline void finish_outermost_return(ThreadRecord* record) noexcept {
     record->current_probe = nullptr;
     DispatchScope::leave_outermost(record);
+}
+
+// An outermost return that is not the common case: abandoned instances
+// above the slot, or several on it (tail calls).
+[[gnu::noinline]] std::uint64_t return_probe_hit_outermost(ThreadRecord* record, pt_regs* regs, pt_regs* backup) {
+    // As ReturnPathScope, for the outermost entry.
+    DispatchScope::enter_outermost(record);
+    record->current_probe = &return_path_marker;
+    const std::uint64_t slot = arch::return_address_slot_at_return(*regs);
+    (void)drop_to_slot(record, slot);
+    const std::uint64_t return_address = return_through_instances(record, regs, backup, slot);
+    finish_outermost_return(record);
+    return return_address;
 }
 
 }  // namespace
@@ -349,16 +363,16 @@ extern "C" __attribute__((visibility("hidden"), used)) std::uint64_t ukp_return_
     if (record == nullptr) fatal("ukprobes: a return probe's trampoline was reached by a thread without instances\n");
     if (record->dispatch_depth != 0 || record->current_probe != nullptr || record->handler_escape != 0) [[unlikely]]
         return return_probe_hit_nested(record, regs, backup);
+    // Every other call is in its own function, so that this path makes no
+    // call but the handler's and keeps nothing in registers across it.
+    const std::uint64_t slot = arch::return_address_slot_at_return(*regs);
+    ReturnInstance* instance = record->return_stack.top();
+    if (instance == nullptr || instance->slot != slot || !instance->armed ||
+        (instance->below != nullptr && instance->below->slot == slot)) [[unlikely]]
+        return return_probe_hit_outermost(record, regs, backup);
     // As ReturnPathScope, for the outermost entry.
     DispatchScope::enter_outermost(record);
     record->current_probe = &return_path_marker;
-    const std::uint64_t slot = arch::return_address_slot_at_return(*regs);
-    ReturnInstance* instance = instance_for_slot(record, slot);
-    if (instance->below != nullptr && instance->below->slot == slot) [[unlikely]] {
-        const std::uint64_t return_address = return_through_instances(record, regs, backup, slot);
-        finish_outermost_return(record);
-        return return_address;
-    }
     // The handler's changes to ip and sp are not kept: the trampoline leaves
     // by its own frame and to the instance's return address, and no later
     // handler sees them here.
