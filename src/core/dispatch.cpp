@@ -451,69 +451,34 @@ inline void finish_fast_hit(ThreadRecord* record) noexcept {
     DispatchScope::leave_outermost(record);
 }
 
-// The common case on its own: a thread outside the dispatcher hits a point
-// with one probe that has a pre-handler.  It does what optimized_hit<false>
-// does for it without the list walk, the undo copy for later handlers and
-// the save of outer state that only nested hits have; and its handler call
-// is a plain call whose escape point is the trampoline body's frame
-// (arch::OptimizedHitFrame): a faulting handler resumes in the body, which
-// calls ukp_optimized_abandoned().  Only the frame is live across the call
-// (the record is found again, and the probe is the current one).  The
-// backup's ip is left alone: nothing that reads an undone pt_regs follows.
-// Anything else takes optimized_hit.
-[[gnu::always_inline]] inline std::uint64_t optimized_pre_hit(pt_regs* regs, const std::uint8_t* vectors,
-                                                              unsigned count, pt_regs* backup, ProbePoint* point,
-                                                              std::uint64_t continuation) {
-    ThreadRecord* record = detail::this_thread;
-    if (record == nullptr || record->dispatch_depth != 0 || record->current_probe != nullptr ||
-        record->handler_escape != 0) [[unlikely]]
-        return optimized_pre_hit_in_general(regs, vectors, count, backup, point, continuation);
-    DispatchScope::enter_outermost(record);
-    const HandlerList* list = point->handlers.load(std::memory_order_acquire);
-    ProbeRecord* probe = list->only_pre;
-    if (probe == nullptr) [[unlikely]] {
-        DispatchScope::leave_outermost(record);
-        return optimized_pre_hit_in_general(regs, vectors, count, backup, point, continuation);
-    }
-    arch::set_instruction_pointer(*regs, point->address);
-    if (!probe->enabled.load(std::memory_order_relaxed)) {
-        DispatchScope::leave_outermost(record);
-        return continuation;
-    }
-    probe->count_hit(record->index);
-    arch::OptimizedHitFrame* frame = arch::optimized_hit_frame(backup);
-    frame->view = arch::VectorView{vectors, 64, static_cast<std::uint8_t>(count)};
-    record->vector_view = &frame->view;
-    record->current_probe = probe;
-    record->escape_kind = EscapeKind::Handler;
-    record->handler_escape = reinterpret_cast<std::uint64_t>(frame);
-    std::atomic_signal_fence(std::memory_order_seq_cst);
-    const int value = probe->pre_handler(*probe, *regs);
-    std::atomic_signal_fence(std::memory_order_seq_cst);
-    record = detail::this_thread;
-    probe = record->current_probe;
-    finish_fast_hit(record);
-    if (value == 0) [[likely]]
-        return frame->continuation;
-    pt_regs* saved = arch::optimized_hit_backup(frame);
-    return optimized_redirect(probe, arch::optimized_hit_regs(frame), saved, saved->sp, frame->continuation);
-}
-
 // A return probe's entry (arch::OptimizedRegion::with_return_call): the
 // stub goes on with `jmp [rsp - 8]`, so every way into the function must
 // write that word: the relocated region, or the landing call of the
-// instance a return probe's entry handler hijacked in this hit, which
-// keeps the return stack buffer right (return_trampoline.cpp).  A handler
-// that redirected execution (or moved the stack or set TF) gets neither.
-//
-// Outside such an entry the record holds no return call (0, nullptr), and
-// that is what ukp_optimized_abandoned() puts back after a fault in the
-// common path.  An entry inside another one's (a signal handler of the
-// program ran in between) takes the general path, whose guarded calls
-// restore the outer state themselves.
-[[gnu::always_inline]] inline std::uint64_t optimized_pre_hit_return_call(pt_regs* regs, const std::uint8_t* vectors,
-                                                              unsigned count, pt_regs* backup, ProbePoint* point,
-                                                              std::uintptr_t tag, std::uint64_t continuation) {
+// instance a return probe's entry handler hijacked in this hit (`instance`,
+// or nullptr), which keeps the return stack buffer right
+// (return_trampoline.cpp).  A handler that redirected execution (`next`
+// is not the continuation), moved the stack or set TF gets neither.
+[[gnu::always_inline]] inline std::uint64_t leave_by_return_call(const pt_regs* regs, std::uint64_t next,
+                                                                 std::uint64_t continuation,
+                                                                 const ReturnInstance* instance) noexcept {
+    if (next != continuation) return next;
+    std::uint64_t target = arch::relocated_region_after_return_call(continuation);
+    if (instance != nullptr && instance->slot == regs->sp && !arch::is_single_stepping(*regs))
+        target = arch::enter_by_landing_call(
+            instance->landing - 1, target,
+            (arch::return_call_stub_tag(continuation) & arch::stub_tag_narrow_return) != 0);
+    *arch::return_call_target_word(regs->sp) = target;
+    return continuation;
+}
+
+// A return probe's entry outside the common path: the record says which
+// return call this is while the handlers run (return_probe_entry() reads
+// it), and the outer one, if a signal arrived inside another entry, is put
+// back after.
+[[gnu::noinline]] std::uint64_t optimized_pre_hit_return_call_in_general(pt_regs* regs, const std::uint8_t* vectors,
+                                                                         unsigned count, pt_regs* backup,
+                                                                         ProbePoint* point, std::uintptr_t tag,
+                                                                         std::uint64_t continuation) {
     ThreadRecord* record = this_thread_record();
     std::uintptr_t outer_tag = 0;
     ReturnInstance* outer_instance = nullptr;
@@ -523,22 +488,85 @@ inline void finish_fast_hit(ThreadRecord* record) noexcept {
         record->return_call = tag;
         record->return_call_instance = nullptr;
     }
-    const std::uint64_t next = outer_tag == 0
-                                   ? optimized_pre_hit(regs, vectors, count, backup, point, continuation)
-                                   : optimized_pre_hit_in_general(regs, vectors, count, backup, point, continuation);
+    const std::uint64_t next = optimized_pre_hit_in_general(regs, vectors, count, backup, point, continuation);
     ReturnInstance* instance = nullptr;
     if (record != nullptr) {
         instance = record->return_call_instance;
         record->return_call = outer_tag;
         record->return_call_instance = outer_instance;
     }
-    if (next != continuation) return next;
-    std::uint64_t target = arch::relocated_region_after_return_call(continuation);
-    if (instance != nullptr && instance->slot == regs->sp && !arch::is_single_stepping(*regs))
-        target = arch::enter_by_landing_call(instance->landing - 1, target,
-                                             (tag & arch::stub_tag_narrow_return) != 0);
-    *arch::return_call_target_word(regs->sp) = target;
-    return continuation;
+    return leave_by_return_call(regs, next, continuation, instance);
+}
+
+// The common case on its own: a thread outside the dispatcher (and, at a
+// return probe's entry, outside another entry's return call) hits a point
+// with one probe that has a pre-handler.  It does what optimized_hit<false>
+// does for it without the list walk, the undo copy for later handlers and
+// the save of outer state that only nested hits have; and its handler call
+// is a plain call whose escape point is the trampoline body's frame
+// (arch::OptimizedHitFrame): a faulting handler resumes in the body, which
+// calls ukp_optimized_abandoned().  Every other call is a tail call to a
+// general path, so that nothing is live across the handler's but the
+// frame (the record is found again, and the probe is the current one).
+// The backup's ip is left alone: nothing that reads an undone pt_regs
+// follows.  At a return probe's entry the return call is (0, nullptr)
+// outside, and set to `tag` while the handler runs.
+template <bool ReturnCall>
+[[gnu::always_inline]] inline std::uint64_t optimized_pre_hit(pt_regs* regs, const std::uint8_t* vectors,
+                                                              unsigned count, pt_regs* backup, ProbePoint* point,
+                                                              std::uintptr_t tag, std::uint64_t continuation) {
+    auto general = [&] {
+        if constexpr (ReturnCall)
+            return optimized_pre_hit_return_call_in_general(regs, vectors, count, backup, point, tag,
+                                                            continuation);
+        else
+            return optimized_pre_hit_in_general(regs, vectors, count, backup, point, continuation);
+    };
+    ThreadRecord* record = detail::this_thread;
+    if (record == nullptr || record->dispatch_depth != 0 || record->current_probe != nullptr ||
+        record->handler_escape != 0 || (ReturnCall && record->return_call != 0)) [[unlikely]]
+        return general();
+    DispatchScope::enter_outermost(record);
+    const HandlerList* list = point->handlers.load(std::memory_order_acquire);
+    ProbeRecord* probe = list->only_pre;
+    if (probe == nullptr) [[unlikely]] {
+        DispatchScope::leave_outermost(record);
+        return general();
+    }
+    arch::set_instruction_pointer(*regs, point->address);
+    if (!probe->enabled.load(std::memory_order_relaxed)) {
+        DispatchScope::leave_outermost(record);
+        if constexpr (ReturnCall) return leave_by_return_call(regs, continuation, continuation, nullptr);
+        return continuation;
+    }
+    probe->count_hit(record->index);
+    arch::OptimizedHitFrame* frame = arch::optimized_hit_frame(backup);
+    frame->view = arch::VectorView{vectors, 64, static_cast<std::uint8_t>(count)};
+    record->vector_view = &frame->view;
+    record->current_probe = probe;
+    if constexpr (ReturnCall) record->return_call = tag;
+    record->escape_kind = EscapeKind::Handler;
+    record->handler_escape = reinterpret_cast<std::uint64_t>(frame);
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    const int value = probe->pre_handler(*probe, *regs);
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    record = detail::this_thread;
+    probe = record->current_probe;
+    ReturnInstance* instance = nullptr;
+    if constexpr (ReturnCall) {
+        instance = record->return_call_instance;
+        record->return_call = 0;
+        record->return_call_instance = nullptr;
+    }
+    finish_fast_hit(record);
+    regs = arch::optimized_hit_regs(frame);
+    std::uint64_t next = frame->continuation;
+    if (value != 0) [[unlikely]] {
+        pt_regs* saved = arch::optimized_hit_backup(frame);
+        next = optimized_redirect(probe, regs, saved, saved->sp, frame->continuation);
+    }
+    if constexpr (ReturnCall) return leave_by_return_call(regs, next, frame->continuation, instance);
+    return next;
 }
 
 }  // namespace
@@ -552,15 +580,14 @@ extern "C" [[gnu::used]] std::uint64_t ukp_optimized_pre_hit(pt_regs* regs, cons
     auto* point = reinterpret_cast<ProbePoint*>(word & ~arch::stub_tag_mask);
     if (const std::uintptr_t tag = word & arch::stub_tag_mask; tag != 0) [[unlikely]]  // has its own body
         return ukp_optimized_return_call_hit(regs, vectors, count, backup, data, continuation);
-    return optimized_pre_hit(regs, vectors, count, backup, point, continuation);
+    return optimized_pre_hit<false>(regs, vectors, count, backup, point, 0, continuation);
 }
 extern "C" [[gnu::used]] std::uint64_t ukp_optimized_return_call_hit(pt_regs* regs, const std::uint8_t* vectors,
                                                                      unsigned count, pt_regs* backup, void* data,
                                                                      std::uint64_t continuation) {
     const auto word = reinterpret_cast<std::uintptr_t>(data);
     auto* point = reinterpret_cast<ProbePoint*>(word & ~arch::stub_tag_mask);
-    return optimized_pre_hit_return_call(regs, vectors, count, backup, point, word & arch::stub_tag_mask,
-                                         continuation);
+    return optimized_pre_hit<true>(regs, vectors, count, backup, point, word & arch::stub_tag_mask, continuation);
 }
 extern "C" [[gnu::used]] std::uint64_t ukp_optimized_abandoned(pt_regs* regs, pt_regs* backup,
                                                                std::uint64_t continuation, void* data) {
@@ -568,8 +595,8 @@ extern "C" [[gnu::used]] std::uint64_t ukp_optimized_abandoned(pt_regs* regs, pt
     finish_fast_hit(record);
     copy_regs(*regs, *backup);
     if ((reinterpret_cast<std::uintptr_t>(data) & arch::stub_tag_mask) != 0) {
-        // What optimized_pre_hit_return_call would have done after it (the
-        // common path runs only outside another return call's entry).
+        // What optimized_pre_hit<true> would have done after it (it runs
+        // only outside another return call's entry).
         record->return_call = 0;
         record->return_call_instance = nullptr;
         *arch::return_call_target_word(regs->sp) = arch::relocated_region_after_return_call(continuation);

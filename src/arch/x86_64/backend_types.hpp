@@ -72,6 +72,11 @@ inline constexpr std::uintptr_t stub_tag_mask = x86::stub_tag_mask;
 [[nodiscard]] inline std::uint64_t relocated_region_after_return_call(std::uint64_t continuation) noexcept {
     return continuation + x86::stub_return_call_jump_length;
 }
+// The tag bits of such a stub's data word (stub_tag_narrow_return), given
+// the continuation.
+[[nodiscard]] inline std::uintptr_t return_call_stub_tag(std::uint64_t continuation) noexcept {
+    return *reinterpret_cast<const std::uint64_t*>(x86::stub_data_address(continuation)) & x86::stub_tag_mask;
+}
 // Where that jmp reads its target, given the sp the function is entered with.
 [[nodiscard]] inline std::uint64_t* return_call_target_word(std::uint64_t sp) noexcept {
     return reinterpret_cast<std::uint64_t*>(sp - 8);
