@@ -116,10 +116,10 @@ std::byte* chunk_begin(ReturnStackChunk* chunk) noexcept {
 std::byte* chunk_end(ReturnStackChunk* chunk) noexcept { return reinterpret_cast<std::byte*>(chunk) + chunk->size; }
 }  // namespace
 
-ReturnInstance* ReturnStack::push_in_next_chunk(std::size_t size, const ReturnInstance& header) noexcept {
+bool ReturnStack::make_room(std::size_t size) noexcept {
     if (chunk_ == nullptr) {
         chunk_ = map_return_chunk(size, nullptr);
-        if (chunk_ == nullptr) return nullptr;
+        if (chunk_ == nullptr) return false;
         free_ = chunk_begin(chunk_);
     }
     // Move up to the next chunk (reused or new) until the instance fits.
@@ -129,7 +129,7 @@ ReturnInstance* ReturnStack::push_in_next_chunk(std::size_t size, const ReturnIn
         } else {
             // A kept chunk too small for this instance stays linked after the new one.
             ReturnStackChunk* fresh = map_return_chunk(size, chunk_);
-            if (fresh == nullptr) return nullptr;
+            if (fresh == nullptr) return false;
             fresh->next = chunk_->next;
             chunk_->next = fresh;
             chunk_ = fresh;
@@ -137,7 +137,7 @@ ReturnInstance* ReturnStack::push_in_next_chunk(std::size_t size, const ReturnIn
         free_ = chunk_begin(chunk_);
     }
     end_ = chunk_end(chunk_);
-    return place(size, header);
+    return true;
 }
 
 void adopt_records_after_fork() noexcept {
