@@ -174,9 +174,9 @@ void abandon_return_instance(ReturnInstance& instance, std::size_t thread_index)
     instance.probe->pending.remove(thread_index);
 }
 
-int return_probe_entry(ReturnProbe& probe, pt_regs& regs) noexcept {
-    ThreadRecord* record = this_thread_record_if_any();
-    if (record == nullptr) return 0;  // cannot be: the dispatcher claimed it
+namespace {
+
+[[gnu::noinline]] int return_probe_entry_in_general(ThreadRecord* record, ReturnProbe& probe, pt_regs& regs) noexcept {
     auto& stack = record->return_stack;
     const std::uint64_t slot = arch::return_address_slot_at_entry(regs);
     auto* word = reinterpret_cast<std::uint64_t*>(slot);
@@ -253,6 +253,66 @@ int return_probe_entry(ReturnProbe& probe, pt_regs& regs) noexcept {
         instance->landing = landing;
     }
     return 0;
+}
+
+// Step 4 of the common case, with the thread's next landing (see the
+// general path).  A function of its own, reached by a tail call: nothing
+// before it then needs keeping across the entry handler's call.
+[[gnu::noinline]] int arm_with_next_landing(ThreadRecord* record, ReturnInstance* instance) noexcept {
+    instance->probe->pending.add(record->index);
+    instance->armed = 1;
+    const std::size_t index =
+        static_cast<std::size_t>(record->landing_block) * arch::return_landings_per_block + record->landings_used++;
+    instance->landing = static_cast<std::uint32_t>(index + 1);
+    instance->owns_landing = 1;
+    *reinterpret_cast<std::uint64_t*>(instance->slot) = arch::return_landing(
+        index, instance->return_address, (record->return_call & arch::stub_tag_narrow_return) != 0);
+    if (record->return_call != 0) record->return_call_instance = instance;
+    return 0;
+}
+
+}  // namespace
+
+// The common case on its own: no tail call, nothing to drop, a free landing
+// in the thread's block.  Everything else is a tail call to the general
+// path, and everything needed after the entry handler is found again
+// (the instance is on top), so that nothing is live across that call.
+int return_probe_entry(ReturnProbe& probe, pt_regs& regs) noexcept {
+    ThreadRecord* record = this_thread_record_if_any();
+    if (record == nullptr) return 0;  // cannot be: the dispatcher claimed it
+    auto& stack = record->return_stack;
+    const std::uint64_t slot = arch::return_address_slot_at_entry(regs);
+    const std::uint64_t return_address = *reinterpret_cast<const std::uint64_t*>(slot);
+    const ReturnInstance* top = stack.top();
+    if (arch::is_return_hijack(return_address) || (top != nullptr && (!top->armed || top->slot <= slot)) ||
+        record->landing_block < 0 || record->landings_used >= arch::return_landings_per_block) [[unlikely]]
+        return return_probe_entry_in_general(record, probe, regs);
+    const std::uint32_t live = live_instances(stack, probe);
+    ReturnInstance* instance = nullptr;
+    if (live < probe.maxactive) [[likely]]
+        instance = stack.push_in_chunk(probe.data_size, ReturnInstance{.front_end = probe.front_end,
+                                                                       .return_address = return_address,
+                                                                       .slot = slot,
+                                                                       .probe = &probe,
+                                                                       .below = nullptr,
+                                                                       .chunk = nullptr,
+                                                                       .probe_depth = live + 1,
+                                                                       .armed = 0,
+                                                                       .landing = 0,
+                                                                       .owns_landing = 0,
+                                                                       .walk_restored = 0});
+    if (instance == nullptr) [[unlikely]]  // a miss, or a new chunk to map
+        return return_probe_entry_in_general(record, probe, regs);
+    if (probe.entry_handler != nullptr) {
+        const int skip = probe.entry_handler(probe, *instance, regs);
+        record = this_thread_record_if_any();
+        if (skip != 0) {
+            record->return_stack.pop();
+            return 0;
+        }
+        instance = record->return_stack.top();
+    }
+    return arm_with_next_landing(record, instance);
 }
 
 void retire_return_probe(ReturnProbe& probe) noexcept {

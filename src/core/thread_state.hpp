@@ -97,6 +97,15 @@ public:
             if (!make_room(size)) return nullptr;
         return place(size, header);
     }
+    // The same without mapping memory: nullptr when the current chunk is
+    // full (a caller that must not make calls takes another path then).
+    [[nodiscard]] [[gnu::always_inline]] ReturnInstance* push_in_chunk(std::size_t data_size,
+                                                                       const ReturnInstance& header) noexcept {
+        const std::size_t size = (sizeof(ReturnInstance) + data_size + 15) & ~std::size_t{15};
+        if (free_ == nullptr || free_ + size > end_) [[unlikely]]
+            return nullptr;
+        return place(size, header);
+    }
     void pop() noexcept {
         ReturnInstance* instance = top_;
         if (instance == nullptr) return;
