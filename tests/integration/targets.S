@@ -469,6 +469,68 @@ FUNCTION return_values_run
         ret
 END return_values_run
 
+# The same for AVX-512 return values: zmm_return_run(in, out) calls
+# zmm_return_function through a register; that loads zmm0, zmm1 from in and
+# in + 64 and returns; out and out + 64 get zmm0, zmm1.
+FUNCTION zmm_return_function
+        lea r11, [r11 + 0]              # 4d 8d 5b 00
+        vmovdqu64 zmm0, [rdi]
+        vmovdqu64 zmm1, [rdi + 64]
+        ret
+END zmm_return_function
+
+FUNCTION zmm_return_run
+        push rbx
+        mov rbx, rsi
+        lea rax, [rip + zmm_return_function]
+        call rax
+        vmovdqu64 [rbx], zmm0
+        vmovdqu64 [rbx + 64], zmm1
+        vzeroupper
+        pop rbx
+        ret
+END zmm_return_run
+
+# void clobber_zmm01(void): all ones into zmm0 and zmm1, as a handler built
+# for AVX-512 may leave them (no vzeroupper: it would clear them itself).
+FUNCTION clobber_zmm01
+        vpternlogd zmm0, zmm0, zmm0, 0xff
+        vmovdqa64 zmm1, zmm0
+        ret
+END clobber_zmm01
+
+# void dirty_ymm_uppers(void): all ones into ymm0-15 and no vzeroupper, as
+# hand-written AVX code may leave them: the upper state is in use after it.
+FUNCTION dirty_ymm_uppers
+        vpcmpeqd ymm0, ymm0, ymm0
+        .irp i, 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+        vmovdqa ymm\i, ymm0
+        .endr
+        ret
+END dirty_ymm_uppers
+
+# int plain_return_function(int x): x + 1, for return probes.
+FUNCTION plain_return_function
+        lea r11, [r11 + 0]              # 4d 8d 5b 00
+        lea eax, [rdi + 1]
+        ret
+END plain_return_function
+
+# unsigned call_and_read_xinuse(int (*function)(int), int x): calls
+# function(x) through a register with the upper vector state clean
+# (vzeroupper), and returns XINUSE (xgetbv with ECX=1) right after.
+FUNCTION call_and_read_xinuse
+        push rbx
+        vzeroupper
+        mov rax, rdi
+        mov edi, esi
+        call rax
+        mov ecx, 1
+        xgetbv
+        pop rbx
+        ret
+END call_and_read_xinuse
+
 # int tail_run(int x) { return tail_outer(x); } through a register, where
 # tail_outer(x) tail-calls tail_inner(x + 1), which returns x + 2: the
 # tail-called function returns straight to tail_run, through the slot the

@@ -3,6 +3,7 @@
 // pthread_exit, threads, fork, unregistration under pending calls) keeps
 // working.  The probed functions are plain C++ here: noinline, with
 // volatile locals so that their bodies stay calls of their own.
+#include <cpuid.h>
 #include <gtest/gtest.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -231,6 +232,50 @@ TEST_P(KretprobeRegisters, ADirectlyCalledFunctionsReturnKeepsEveryYmmRegister) 
     ipa_caller_run(in, out);
     EXPECT_EQ(returns, 1);
     EXPECT_EQ(std::memcmp(in, out, sizeof in), 0);
+}
+
+// A function returning AVX-512 values, called through a register: the
+// narrow trampoline keeps zmm0-1 whole when their upper halves are in use.
+TEST(KretprobeVectors, ANarrowReturnKeepsZmmReturnValues) {
+    if (!__builtin_cpu_supports("avx512f")) GTEST_SKIP() << "needs AVX-512F (the target returns zmm values)";
+    alignas(64) std::uint8_t in[128], out[128] = {};
+    for (std::size_t i = 0; i < sizeof in; ++i) in[i] = static_cast<std::uint8_t>(i * 13 + 5);
+    std::atomic<int> returns{0};
+    ukp::Kretprobe probe{.kp = {.addr = function_address(zmm_return_function)},
+                         .handler = [&](ukp::KretprobeInstance&, ukp::Regs&) {
+                             ++returns;
+                             clobber_zmm01();
+                             return 0;
+                         }};
+    ASSERT_TRUE(ukp::register_kretprobe(probe));
+    ASSERT_TRUE(is_optimized(function_address(zmm_return_function))) << ukp::format_probe_list();
+    zmm_return_run(in, out);
+    EXPECT_EQ(returns, 1);
+    EXPECT_EQ(std::memcmp(in, out, sizeof in), 0);
+}
+
+// The narrow trampoline restores the return values without asking XINUSE,
+// at the width the CPU has; a return whose upper vector state was clean
+// leaves it clean even after a handler that left it in use, so the
+// program's SSE code after the return pays no AVX-SSE transition for us.
+TEST(KretprobeVectors, ANarrowReturnLeavesACleanUpperVectorStateClean) {
+    if (!__builtin_cpu_supports("avx")) GTEST_SKIP() << "needs AVX (the handler dirties the ymm upper halves)";
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!__get_cpuid_count(0xd, 1, &eax, &ebx, &ecx, &edx) || (eax & (1u << 2)) == 0)
+        GTEST_SKIP() << "needs xgetbv with ECX=1 (XINUSE) to look at the upper state";
+    std::atomic<int> returns{0};
+    ukp::Kretprobe probe{.kp = {.addr = function_address(plain_return_function)},
+                         .handler = [&](ukp::KretprobeInstance&, ukp::Regs&) {
+                             ++returns;
+                             dirty_ymm_uppers();
+                             return 0;
+                         }};
+    ASSERT_TRUE(ukp::register_kretprobe(probe));
+    ASSERT_TRUE(is_optimized(function_address(plain_return_function))) << ukp::format_probe_list();
+    const unsigned xinuse = call_and_read_xinuse(plain_return_function, 41);
+    EXPECT_EQ(returns, 1);
+    EXPECT_EQ(xinuse & 0x4, 0u) << "the ymm upper halves are left in use";
+    EXPECT_EQ(xinuse & 0x40, 0u) << "the zmm upper halves are left in use";
 }
 
 // A tail call from one return-probed function to another: both instances

@@ -16,7 +16,15 @@
 //   narrow variants keep only xmm0-1 (the return values) of the vector
 //   registers: they are used when no code of the module calls or jumps to
 //   the function directly (the optimized entry knows, plan_optimization),
-//   so every caller relies on the ABI alone.
+//   so every caller relies on the ABI alone.  They do not ask XINUSE
+//   (xgetbv was ~5 cycles of a return here): they save ymm0-1 with VEX
+//   moves, and on AVX-512 machines zmm0-1 whole when an upper 256-bit half
+//   is non-zero (vextracti64x4 into zmm2-3, which are dead here).  A VEX
+//   restore writes the upper halves, which marks that state in use, so when
+//   the saved ones are zero it ends with vzeroupper, which puts the state
+//   back to clean (and clears the upper halves of xmm2-15, which no such
+//   caller relies on): the program's SSE code after the return never pays
+//   for an upper state we dirtied.
 // - Four variants: full or narrow, and leaving with jmp or, when the
 //   function was entered by its landing's call (see the landings below),
 //   with ret.
@@ -60,6 +68,9 @@
 extern "C" {
 // 1 when xgetbv(ecx=1) may be used (XINUSE), set by prepare_return_trampoline.
 __attribute__((visibility("hidden"), used)) std::uint32_t ukp_return_trampoline_xinuse = 0;
+// The widest vector registers the CPU and OS give: 0 xmm, 1 ymm, 2 zmm, for
+// the narrow variants.  Set by prepare_return_trampoline.
+__attribute__((visibility("hidden"), used)) std::uint32_t ukp_return_vector_width = 0;
 // core/kretprobe.cpp: runs the return handlers (`backup`: a second copy of
 // the general registers, flags and sp), returns the real address.
 std::uint64_t ukp_return_probe_hit(pt_regs* regs, pt_regs* backup);
@@ -136,6 +147,32 @@ __attribute__((used)) static void define_return_trampoline() {
         mov [rsp + ukp_return_frame_resume], rax
         and rsp, -64
         sub rsp, %c[vector_area]
+        .if \last == 1
+        # The narrow variants: zmm0-1 whole at the widest width the CPU
+        # has, no XINUSE (see the essay above).
+        mov r12d, dword ptr [rip + ukp_return_vector_width]
+        test r12d, r12d
+        jz 62f
+        vmovdqu [rsp], ymm0
+        vmovdqu [rsp + 64], ymm1
+        cmp r12d, 2
+        jb 63f
+        # zmm0-1's upper 256 bits only when one is non-zero (zmm2-3 are
+        # dead here): r12d stays 2 then, else 1.
+        vextracti64x4 ymm2, zmm0, 1
+        vextracti64x4 ymm3, zmm1, 1
+        vpor ymm2, ymm2, ymm3
+        vptest ymm2, ymm2
+        jz 64f
+        vmovdqu64 [rsp], zmm0
+        vmovdqu64 [rsp + 64], zmm1
+        jmp 63f
+64:     mov r12d, 1
+        jmp 63f
+62:     movaps [rsp], xmm0
+        movaps [rsp + 64], xmm1
+63:
+        .else
         xor eax, eax
         cmp dword ptr [rip + ukp_return_trampoline_xinuse], 0
         je 1f
@@ -143,6 +180,7 @@ __attribute__((used)) static void define_return_trampoline() {
         xgetbv
 1:      mov r12d, eax
         UKP_SAVE_LOW_VECTORS \last
+        .endif
         fnstsw ax
         movzx r13d, ax
         and r13d, 0x3800
@@ -163,7 +201,29 @@ __attribute__((used)) static void define_return_trampoline() {
         jz 5f
         frstor [rsp + %c[fnsave]]
 5:
+        .if \last == 1
+        cmp r12d, 2
+        jb 65f
+        vmovdqu64 zmm0, [rsp]
+        vmovdqu64 zmm1, [rsp + 64]
+        jmp 67f
+65:     test r12d, r12d
+        jz 66f
+        vmovdqu ymm0, [rsp]
+        vmovdqu ymm1, [rsp + 64]
+        mov rcx, [rsp + 16]
+        or rcx, [rsp + 24]
+        or rcx, [rsp + 80]
+        or rcx, [rsp + 88]
+        jnz 67f
+        vzeroupper
+        jmp 67f
+66:     movaps xmm0, [rsp]
+        movaps xmm1, [rsp + 64]
+67:
+        .else
         UKP_RESTORE_LOW_VECTORS \last
+        .endif
         mov rsp, rbx
         UKP_RESTORE_FLAGS %c[regs_size]
         UKP_RESTORE_GPRS
@@ -224,7 +284,25 @@ namespace {
 void prepare_return_landings() noexcept;
 }
 
+namespace {
+std::uint32_t usable_vector_width() noexcept {
+    unsigned eax, ebx, ecx, edx;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return 0;
+    const bool osxsave = (ecx & (1u << 27)) != 0, avx = (ecx & (1u << 28)) != 0;
+    if (!osxsave || !avx) return 0;
+    std::uint32_t xcr0, xcr0_high;
+    asm volatile("xgetbv" : "=a"(xcr0), "=d"(xcr0_high) : "c"(0));
+    if ((xcr0 & 0x6) != 0x6) return 0;  // SSE and AVX state on
+    if (__get_cpuid_max(0, nullptr) >= 7) {
+        __cpuid_count(7, 0, eax, ebx, ecx, edx);
+        if ((ebx & (1u << 16)) != 0 && (xcr0 & 0xe0) == 0xe0) return 2;  // AVX-512F, opmask and zmm state on
+    }
+    return 1;
+}
+}  // namespace
+
 void prepare_return_trampoline() noexcept {
+    __atomic_store_n(&ukp_return_vector_width, usable_vector_width(), __ATOMIC_RELAXED);
     if (x86::cpu_supports_trampolines()) __atomic_store_n(&ukp_return_trampoline_xinuse, 1, __ATOMIC_RELAXED);
     prepare_return_landings();
 }
