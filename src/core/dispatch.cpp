@@ -444,8 +444,7 @@ template <bool Post>
 // back: that of a thread outside the dispatcher (no guarded call, no vector
 // view, no current probe), which is what the fast path started from.
 inline void finish_fast_hit(ThreadRecord* record) noexcept {
-    record->handler_escape = 0;
-    record->escape_kind = EscapeKind::None;
+    record->handler_escape = 0;  // escape_kind means nothing without it (see mark_handler_escape)
     record->current_probe = nullptr;
     record->vector_view = nullptr;
     DispatchScope::leave_outermost(record);
@@ -545,8 +544,7 @@ template <bool ReturnCall>
     record->vector_view = &frame->view;
     record->current_probe = probe;
     if constexpr (ReturnCall) record->return_call = tag;
-    record->escape_kind = EscapeKind::Handler;
-    record->handler_escape = reinterpret_cast<std::uint64_t>(frame);
+    mark_handler_escape(record, reinterpret_cast<std::uint64_t>(frame));
     std::atomic_signal_fence(std::memory_order_seq_cst);
     const int value = probe->pre_handler(*probe, *regs);
     std::atomic_signal_fence(std::memory_order_seq_cst);

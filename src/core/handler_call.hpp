@@ -79,6 +79,16 @@ inline arch::GuardedCallResult call_guarded(ThreadRecord* record, EscapeKind kin
     return result;
 }
 
+// A common path's handler call escapes to `escape` (a trampoline's frame).
+// escape_kind is read only while handler_escape is set, so the common paths
+// leave it at Handler afterwards, and store it only when it is not: the hit
+// paths are bound by stores.
+[[gnu::always_inline]] inline void mark_handler_escape(ThreadRecord* record, std::uint64_t escape) noexcept {
+    if (record->escape_kind != EscapeKind::Handler) [[unlikely]]
+        record->escape_kind = EscapeKind::Handler;
+    record->handler_escape = escape;
+}
+
 // The same for a callable: true when it completed.
 template <class Call>
 bool call_guarded(ThreadRecord* record, EscapeKind kind, Call&& call) {

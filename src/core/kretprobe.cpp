@@ -439,14 +439,12 @@ extern "C" __attribute__((visibility("hidden"), used)) std::uint64_t ukp_return_
     regs->ip = instance->return_address;
     ReturnProbe* probe = instance->probe;
     if (probe->return_handler != nullptr && !probe->gone.load(std::memory_order_relaxed)) {
-        record->escape_kind = EscapeKind::Handler;
-        record->handler_escape = reinterpret_cast<std::uint64_t>(arch::return_hit_frame(backup));
+        mark_handler_escape(record, reinterpret_cast<std::uint64_t>(arch::return_hit_frame(backup)));
         std::atomic_signal_fence(std::memory_order_seq_cst);
         (void)probe->return_handler(*probe, *instance, *regs);
         std::atomic_signal_fence(std::memory_order_seq_cst);
         record = this_thread_record_if_any();
         record->handler_escape = 0;
-        record->escape_kind = EscapeKind::None;
     }
     const std::uint64_t return_address = record->return_stack.top()->return_address;
     release_top(*record);
@@ -459,7 +457,6 @@ extern "C" __attribute__((visibility("hidden"), used)) std::uint64_t ukp_return_
                                                                                           pt_regs* backup) {
     ThreadRecord* record = this_thread_record_if_any();
     record->handler_escape = 0;
-    record->escape_kind = EscapeKind::None;
     copy_regs(*regs, *backup);
     const std::uint64_t return_address = record->return_stack.top()->return_address;
     release_top(*record);

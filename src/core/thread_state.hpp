@@ -149,8 +149,9 @@ struct ThreadRecord {
 
     // The probe whose handler runs now on this thread (kernel: current_kprobe).
     ProbeRecord* current_probe = nullptr;
-    // Where a faulting handler is abandoned to (arch::guarded_call; 0:
-    // no guarded call runs), and what that call protects (dispatch.cpp).
+    // Where a faulting handler is abandoned to (arch::guarded_call, or a
+    // trampoline's frame; 0: no guarded call runs), and what that call
+    // protects (dispatch.cpp; meaningless while handler_escape is 0).
     std::uint64_t handler_escape = 0;
     EscapeKind escape_kind = EscapeKind::None;
     // The probed context's saved vector registers while its handlers run
