@@ -433,10 +433,13 @@ template <bool Post>
                                                              unsigned count, pt_regs* backup, void* point,
                                                              std::uint64_t continuation) {
     // Later handlers see what an undo leaves whole: the trampoline wrote
-    // only what it restores into the backup (trampoline.cpp).
+    // only the general registers into the backup (trampoline.cpp), and no
+    // handler has run yet.
     backup->orig_ax = regs->orig_ax;
     backup->cs = regs->cs;
     backup->ss = regs->ss;
+    backup->flags = regs->flags;
+    backup->sp = regs->sp;
     return optimized_hit<false>(regs, vectors, count, backup, point, continuation);
 }
 
@@ -561,6 +564,7 @@ template <bool ReturnCall>
     std::uint64_t next = frame->continuation;
     if (value != 0) [[unlikely]] {
         pt_regs* saved = arch::optimized_hit_backup(frame);
+        arch::complete_optimized_backup(regs, saved);
         next = optimized_redirect(probe, regs, saved, saved->sp, frame->continuation);
     }
     if constexpr (ReturnCall) return leave_by_return_call(regs, next, frame->continuation, instance);

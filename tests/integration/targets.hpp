@@ -70,3 +70,12 @@ extern char single_step_first[];
 inline void* code_address(const void* p) { return const_cast<void*>(p); }
 template <class F>
 inline void* function_address(F* f) { return reinterpret_cast<void*>(f); }
+
+// Fills the stack below the caller's frame with a pattern, so that an
+// optimized hit from the caller finds none of an earlier hit's trampoline
+// frame there: a test of what the trampoline must write on every hit would
+// otherwise pass on what an earlier one left.
+[[gnu::noinline]] inline void scrub_stack_below() {
+    volatile unsigned char pad[8192];
+    for (auto& byte : pad) byte = 0xa5;
+}

@@ -72,6 +72,14 @@ inline constexpr std::uintptr_t stub_tag_mask = x86::stub_tag_mask;
 [[nodiscard]] inline std::uint64_t relocated_region_after_return_call(std::uint64_t continuation) noexcept {
     return continuation + x86::stub_return_call_jump_length;
 }
+// Completes the backup an optimized body passes (trampoline.cpp) with the
+// flags and sp it leaves out, from the body's frame; for a path that needs
+// the backup whole after a handler may have changed `regs`.
+inline void complete_optimized_backup(const pt_regs* regs, pt_regs* backup) noexcept {
+    const auto* flags = reinterpret_cast<const std::uint64_t*>(regs + 1);
+    backup->flags = *flags;
+    backup->sp = reinterpret_cast<std::uint64_t>(flags) + x86::body_sp_above_flags;
+}
 // The tag bits of such a stub's data word (stub_tag_narrow_return), given
 // the continuation.
 [[nodiscard]] inline std::uintptr_t return_call_stub_tag(std::uint64_t continuation) noexcept {

@@ -39,9 +39,10 @@
 // Frame, from the slot S (where the return address was) downwards:
 //   S          the real return address, written before the exit
 //   S-8        the flags (pushfq)
-//   below      struct pt_regs; a second copy of its general registers,
-//              flags and sp (the backup a faulting handler's changes are
-//              undone from); arch::ReturnHitFrame; the 64-byte aligned
+//   below      struct pt_regs; a second copy of its general registers
+//              (the backup a faulting handler's changes are undone from,
+//              with the flags above and sp = S + 8); arch::ReturnHitFrame;
+//              the 64-byte aligned
 //              vector area
 // A return-handler call made through the frame (the common case of
 // ukp_return_probe_hit) that faults resumes at label 70 with rsp = the
@@ -72,7 +73,7 @@ __attribute__((visibility("hidden"), used)) std::uint32_t ukp_return_trampoline_
 // the narrow variants.  Set by prepare_return_trampoline.
 __attribute__((visibility("hidden"), used)) std::uint32_t ukp_return_vector_width = 0;
 // core/kretprobe.cpp: runs the return handlers (`backup`: a second copy of
-// the general registers, flags and sp), returns the real address.
+// the general registers), returns the real address.
 std::uint64_t ukp_return_probe_hit(pt_regs* regs, pt_regs* backup);
 // The same after that call's return handler faulted and was abandoned.
 std::uint64_t ukp_return_abandoned(pt_regs* regs, pt_regs* backup);
@@ -123,14 +124,13 @@ __attribute__((used)) static void define_return_trampoline() {
         mov rbx, rsp
         mov rax, [rbx + %c[regs_size]]
         mov [rbx + %c[flags]], rax
-        mov [rbx - %c[regs_size] + %c[flags]], rax
         lea rax, [rbx + %c[regs_size] + 16]
         mov [rbx + %c[sp]], rax
-        mov [rbx - %c[regs_size] + %c[sp]], rax
-        # ip is the dispatcher's to set (the real return address).  Not in
-        # the backup: what an undo needs is what this restores, and the
-        # return path's loop, whose later handlers see an undone pt_regs
-        # whole, completes it.
+        # ip is the dispatcher's to set (the real return address).  The
+        # backup gets only the general registers (flags are in this frame
+        # already, sp is its address, the rest no undo needs); the return
+        # path's loop, whose later handlers see an undone pt_regs whole,
+        # and the resume below complete it.
         UKP_FILL_CONSTANT_FIELDS 0
         # The ABI returns with DF clear; a function that broke that gets it
         # cleared for our code.  A program single-stepping itself must not
@@ -246,6 +246,10 @@ __attribute__((used)) static void define_return_trampoline() {
 70:     # A return-handler call abandoned (see above): rsp = the frame.
         cld
         lea rbx, [rsp + ukp_return_frame_size + %c[regs_size]]
+        mov rax, [rbx + %c[regs_size]]
+        mov [rbx - %c[regs_size] + %c[flags]], rax
+        lea rax, [rbx + %c[regs_size] + 16]
+        mov [rbx - %c[regs_size] + %c[sp]], rax
         mov r12d, [rsp + ukp_return_frame_state]
         mov r13d, [rsp + ukp_return_frame_state + 4]
         and rsp, -64

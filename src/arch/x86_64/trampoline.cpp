@@ -7,10 +7,11 @@
 //   [S-136-GAP, S-136)  room for a pre-handler that lowers regs.sp
 //   S-144-GAP           the flags, pushed first (nothing before changes them)
 //   below               struct pt_regs; a second copy of its general
-//                       registers, flags and sp (the backup a faulting
-//                       handler's changes are undone from: written here
-//                       while the values are in registers, it costs less
-//                       than a copy in C++); arch::OptimizedHitFrame; the
+//                       registers (the backup a faulting handler's changes
+//                       are undone from, with the flags above and sp =
+//                       S: written here while the values are in registers,
+//                       it costs less than a copy in C++);
+//                       arch::OptimizedHitFrame; the
 //                       64-byte aligned vector area
 //
 // A handler call the dispatcher makes through the frame (its common case)
@@ -45,6 +46,7 @@ namespace {
 
 constexpr std::size_t gap = handler_stack_allowance + 16;  // 1024
 static_assert(gap % 16 == 0);
+static_assert(body_sp_above_flags == 8 + gap + 8 + 128);
 constexpr std::size_t vector_area = 64 * 16 + 64 * 16 + 64 + 64;  // zmm0-15, zmm16-31, k0-7, mxcsr
 static_assert(vector_area % 64 == 0);
 
@@ -102,15 +104,15 @@ __attribute__((used)) static void define_trampoline_bodies() {
         mov rbx, rsp
         mov rax, [rbx + %c[regs_size]]
         mov [rbx + %c[flags]], rax
-        mov [rbx - %c[regs_size] + %c[flags]], rax
         lea rax, [rbx + %c[regs_size] + 8 + %c[gap] + 8 + 128]
         mov [rbx + %c[sp]], rax
-        mov [rbx - %c[regs_size] + %c[sp]], rax
         # The fields a trampoline cannot know, as the int3 path has them
-        # (the dispatcher sets ip).  Not in the backup: the registers that
-        # the body restores are what an undo needs, and the dispatcher's
-        # general path, whose later handlers see an undone pt_regs whole,
-        # completes it.
+        # (the dispatcher sets ip).  The backup gets only the general
+        # registers: flags and sp are in this frame already (the pushed
+        # word, and its address), orig_ax, cs and ss no undo needs.  The
+        # paths that need a whole backup complete it: the dispatcher's
+        # general path (its later handlers see an undone pt_regs whole),
+        # the resume below, arch::complete_optimized_backup.
         UKP_FILL_CONSTANT_FIELDS 0
         # The C ABI wants DF clear, and a program single-stepping itself
         # must not step through the dispatcher and handlers: clear both for
@@ -197,6 +199,10 @@ __attribute__((used)) static void define_trampoline_bodies() {
 70:     # A handler call abandoned (see above): rsp = the frame.
         cld
         lea rbx, [rsp + ukp_frame_size + %c[regs_size]]
+        mov rax, [rbx + %c[regs_size]]
+        mov [rbx - %c[regs_size] + %c[flags]], rax
+        lea rax, [rbx + %c[regs_size] + 8 + %c[gap] + 8 + 128]
+        mov [rbx - %c[regs_size] + %c[sp]], rax
         mov r12, [rsp + ukp_frame_body_state]
         mov rdx, [rsp + ukp_frame_continuation]
         and rsp, -64

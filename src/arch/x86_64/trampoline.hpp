@@ -65,6 +65,10 @@ inline constexpr std::uint64_t user_ss = 0x2b;
 // room for a pre-handler that lowers regs.sp (say, to push a return address)
 // before redirecting; see trampoline.cpp.
 inline constexpr std::uint64_t handler_stack_allowance = 1024 - 16;
+// From the flags a body pushed (right above its pt_regs) to the probed
+// code's sp: the flags word, the gap, the stub's return address and the
+// red zone (trampoline.cpp).
+inline constexpr std::uint64_t body_sp_above_flags = 8 + (handler_stack_allowance + 16) + 8 + 128;
 
 enum class BodyKind : std::uint8_t { Entry, Middle, Post };
 
@@ -131,7 +135,7 @@ struct StubLayout {
 // The C++ side of the bodies (src/core/dispatch.cpp).  `regs` has every
 // field but ip (orig_ax -1, cs and ss the user segments); `vectors` the
 // saved xmm registers (64 bytes apart, `count` of them); `backup` the same
-// general registers, flags and sp again (not ip, orig_ax, cs, ss), with
+// general registers again (not flags, sp, ip, orig_ax, cs, ss), with
 // arch::OptimizedHitFrame right below it; `point`
 // the stub's data word (the ProbePoint); `continuation` where the stub goes
 // on, the relocated region.  Returns where to continue.
