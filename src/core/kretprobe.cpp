@@ -176,6 +176,22 @@ void abandon_return_instance(ReturnInstance& instance, std::size_t thread_index)
 
 namespace {
 
+// A new instance's header, unarmed (the stack fills in the links).
+[[gnu::always_inline]] inline ReturnInstance instance_header(ReturnProbe& probe, std::uint64_t return_address,
+                                                             std::uint64_t slot, std::uint32_t depth) noexcept {
+    return ReturnInstance{.front_end = probe.front_end,
+                          .return_address = return_address,
+                          .slot = slot,
+                          .probe = &probe,
+                          .below = nullptr,
+                          .chunk = nullptr,
+                          .probe_depth = depth,
+                          .armed = 0,
+                          .landing = 0,
+                          .owns_landing = 0,
+                          .walk_restored = 0};
+}
+
 [[gnu::noinline]] int return_probe_entry_in_general(ThreadRecord* record, ReturnProbe& probe, pt_regs& regs) noexcept {
     auto& stack = record->return_stack;
     const std::uint64_t slot = arch::return_address_slot_at_entry(regs);
@@ -208,17 +224,8 @@ namespace {
         return 0;
     }
     // Step 3.
-    ReturnInstance* instance = stack.push(probe.data_size, ReturnInstance{.front_end = probe.front_end,
-                                                                          .return_address = return_address,
-                                                                          .slot = slot,
-                                                                          .probe = &probe,
-                                                                          .below = nullptr,
-                                                                          .chunk = nullptr,
-                                                                          .probe_depth = live + 1,
-                                                                          .armed = 0,
-                                                                          .landing = 0,
-                                                                          .owns_landing = 0,
-                                                                          .walk_restored = 0});
+    ReturnInstance* instance =
+        stack.push(probe.data_size, instance_header(probe, return_address, slot, live + 1));
     if (instance == nullptr) {
         probe.count_miss();
         return 0;
@@ -290,17 +297,7 @@ int return_probe_entry(ReturnProbe& probe, pt_regs& regs) noexcept {
     const std::uint32_t live = live_instances(stack, probe);
     ReturnInstance* instance = nullptr;
     if (live < probe.maxactive) [[likely]]
-        instance = stack.push_in_chunk(probe.data_size, ReturnInstance{.front_end = probe.front_end,
-                                                                       .return_address = return_address,
-                                                                       .slot = slot,
-                                                                       .probe = &probe,
-                                                                       .below = nullptr,
-                                                                       .chunk = nullptr,
-                                                                       .probe_depth = live + 1,
-                                                                       .armed = 0,
-                                                                       .landing = 0,
-                                                                       .owns_landing = 0,
-                                                                       .walk_restored = 0});
+        instance = stack.push_in_chunk(probe.data_size, instance_header(probe, return_address, slot, live + 1));
     if (instance == nullptr) [[unlikely]]  // a miss, or a new chunk to map
         return return_probe_entry_in_general(record, probe, regs);
     if (probe.entry_handler != nullptr) {
