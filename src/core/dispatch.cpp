@@ -233,7 +233,7 @@ void on_trap_signal(int signal, siginfo_t* info, void* context) {
         if (ProbePoint* point = engine.table.find(address)) {
             // A signal can arrive inside an optimized return probe's entry
             // before its dispatch, while the record describes that entry's
-            // return call (optimized_pre_hit_return_call); a return probe's
+            // return call (optimized_pre_hit<true>); a return probe's
             // entry hit here must not take itself for it.
             const std::uintptr_t outer_call = std::exchange(record->return_call, 0);
             ReturnInstance* outer_instance = std::exchange(record->return_call_instance, nullptr);

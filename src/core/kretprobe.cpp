@@ -339,7 +339,6 @@ namespace {
     return instance;
 }
 
-
 // Step 2 for every instance on the slot (tail calls stack several there),
 // each return-handler call guarded on its own.
 [[gnu::noinline]] std::uint64_t return_through_instances(ThreadRecord* record, pt_regs* regs, pt_regs* backup,
@@ -415,8 +414,8 @@ inline void finish_outermost_return(ThreadRecord* record) noexcept {
 
 // The common case: a return outside any handler, one instance on its slot.
 // Its return-handler call escapes to the trampoline itself
-// (arch::ReturnHitFrame) instead of a guard frame of its own, so that
-// nothing but the instance and the two pt_regs pointers live across it.
+// (arch::ReturnHitFrame) instead of a guard frame of its own, and nothing
+// is live across it: the record is found again, the instance is on top.
 extern "C" __attribute__((visibility("hidden"), used)) std::uint64_t ukp_return_probe_hit(pt_regs* regs,
                                                                                           pt_regs* backup) {
     ThreadRecord* record = this_thread_record_if_any();
