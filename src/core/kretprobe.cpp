@@ -347,13 +347,9 @@ namespace {
     ReturnInstance* instance = nullptr;
     std::uint64_t return_address = 0;
     bool backup_is_current = true;
-    // The trampoline wrote only the general registers into the backup, and
-    // no handler has run yet.
-    backup->orig_ax = regs->orig_ax;
-    backup->cs = regs->cs;
-    backup->ss = regs->ss;
-    backup->flags = regs->flags;
-    backup->sp = regs->sp;
+    // The trampoline wrote only (some of) the general registers into the
+    // backup, and no handler has run yet.
+    copy_regs(*backup, *regs);
     while ((instance = stack.top()) != nullptr && instance->slot == slot && instance->armed) {
         return_address = instance->return_address;
         regs->ip = return_address;

@@ -201,6 +201,30 @@ TEST_P(KretprobeRegisters, AReturnThroughAPointerKeepsWhatTheAbiPromises) {
     EXPECT_EQ(seen_bx, in[0]);
 }
 
+// A return handler that changes every register and then faults is
+// abandoned: what the caller can see (callee-saved registers, return
+// values) comes back as the function left it.
+TEST_P(KretprobeRegisters, AFaultingReturnHandlersChangesAreUndone) {
+    alignas(32) std::uint64_t in[16], out[16] = {};
+    for (int i = 0; i < 16; ++i) in[i] = 0x0202020202020202ull * static_cast<std::uint64_t>(i + 1) + 0x100 * i;
+    volatile int* unmapped = reinterpret_cast<volatile int*>(0x10);
+    ukp::Kretprobe probe{.kp = {.addr = function_address(return_values_function), .flags = GetParam()},
+                         .handler = [&](ukp::KretprobeInstance&, ukp::Regs& regs) {
+                             std::uint64_t* fields = &regs.r15;
+                             for (std::uint64_t* field = fields; field <= &regs.di; ++field) *field = ~*field;
+                             clobber_ymm_registers();
+                             return *unmapped;
+                         }};
+    ASSERT_TRUE(ukp::register_kretprobe(probe));
+    return_values_run(in, out);  // a first return gives this thread its record: the next takes the common path
+    scrub_stack_below();
+    ::testing::internal::CaptureStderr();
+    std::memset(out, 0, sizeof out);
+    return_values_run(in, out);
+    (void)::testing::internal::GetCapturedStderr();
+    for (int i = 0; i < 16; ++i) EXPECT_EQ(out[i], in[i]) << "word " << i;
+}
+
 TEST_P(KretprobeRegisters, AReturnHandlersNewReturnValuesTakeEffect) {
     alignas(32) std::uint64_t in[16] = {}, out[16] = {};
     ukp::Kretprobe probe{.kp = {.addr = function_address(return_values_function), .flags = GetParam()},

@@ -16,15 +16,15 @@
 //   narrow variants keep only xmm0-1 (the return values) of the vector
 //   registers: they are used when no code of the module calls or jumps to
 //   the function directly (the optimized entry knows, plan_optimization),
-//   so every caller relies on the ABI alone.  They do not ask XINUSE
-//   (xgetbv was ~5 cycles of a return here): they save ymm0-1 with VEX
-//   moves, and on AVX-512 machines zmm0-1 whole when an upper 256-bit half
-//   is non-zero (vextracti64x4 into zmm2-3, which are dead here).  A VEX
-//   restore writes the upper halves, which marks that state in use, so when
-//   the saved ones are zero it ends with vzeroupper, which puts the state
-//   back to clean (and clears the upper halves of xmm2-15, which no such
-//   caller relies on): the program's SSE code after the return never pays
-//   for an upper state we dirtied.
+//   so every caller relies on the ABI alone.
+// - When XINUSE said every upper half was zero (the common case), the
+//   restore ends with vzeroupper: a handler that left them in use (hand-
+//   written AVX code) would otherwise leave the program paying for a dirty
+//   upper state.  Saving ymm0-1 without XINUSE was tried: on an AVX-512
+//   machine, finding out whether zmm0-1's upper halves are in use takes a
+//   512-bit instruction, and one on every return doubled the cost of a
+//   latency probe (whose handlers read the clock) through the core's
+//   AVX-512 transitions.
 // - Four variants: full or narrow, and leaving with jmp or, when the
 //   function was entered by its landing's call (see the landings below),
 //   with ret.
@@ -69,9 +69,9 @@
 extern "C" {
 // 1 when xgetbv(ecx=1) may be used (XINUSE), set by prepare_return_trampoline.
 __attribute__((visibility("hidden"), used)) std::uint32_t ukp_return_trampoline_xinuse = 0;
-// The widest vector registers the CPU and OS give: 0 xmm, 1 ymm, 2 zmm, for
-// the narrow variants.  Set by prepare_return_trampoline.
-__attribute__((visibility("hidden"), used)) std::uint32_t ukp_return_vector_width = 0;
+// 1 when the CPU and OS give AVX (vzeroupper may be used), set by
+// prepare_return_trampoline.
+__attribute__((visibility("hidden"), used)) std::uint32_t ukp_return_trampoline_has_avx = 0;
 // core/kretprobe.cpp: runs the return handlers (`backup`: a second copy of
 // the general registers), returns the real address.
 std::uint64_t ukp_return_probe_hit(pt_regs* regs, pt_regs* backup);
@@ -97,6 +97,23 @@ __attribute__((used)) static void define_return_trampoline() {
                  ".set ukp_return_frame_state, %c[state]\n" ::[size] "i"(sizeof(arch::ReturnHitFrame)),
                  [resume] "i"(offsetof(arch::ReturnHitFrame, resume)),
                  [state] "i"(offsetof(arch::ReturnHitFrame, body_state)));
+    // pt_regs offsets by register name, for the narrow variants' partial
+    // backup.
+    asm volatile(".set ukp_return_offset_rax, %c[ax]\n"
+                 ".set ukp_return_offset_rdx, %c[dx]\n"
+                 ".set ukp_return_offset_rbx, %c[bx]\n"
+                 ".set ukp_return_offset_rbp, %c[bp]\n"
+                 ".set ukp_return_offset_r12, %c[r12]\n"
+                 ".set ukp_return_offset_r13, %c[r13]\n"
+                 ".set ukp_return_offset_r14, %c[r14]\n"
+                 ".set ukp_return_offset_r15, %c[r15]\n"
+                 ".set ukp_return_offset_rcx, %c[cx]\n"
+                 ".set ukp_return_offset_rsi, %c[si]\n"
+                 ".set ukp_return_offset_rdi, %c[di]\n"
+                 ".set ukp_return_offset_r8, %c[r8]\n"
+                 ".set ukp_return_offset_r9, %c[r9]\n"
+                 ".set ukp_return_offset_r10, %c[r10]\n"
+                 ".set ukp_return_offset_r11, %c[r11]\n" ::UKP_PT_REGS_OPERANDS);
     asm volatile(
         ".pushsection .text\n"
         ".intel_syntax noprefix\n"
@@ -120,7 +137,16 @@ __attribute__((used)) static void define_return_trampoline() {
         pushfq
         lea rsp, [rsp - %c[regs_size]]
         UKP_SAVE_GPRS
+        .if \last == 1
+        # The backup for an undo: only what a caller relying on the ABI can
+        # see after the return (the callee-saved registers and the return
+        # values); the rest is dead to it.
+        .irp reg, rax, rdx, rbx, rbp, r12, r13, r14, r15
+        mov [rsp - %c[regs_size] + ukp_return_offset_\reg], \reg
+        .endr
+        .else
         UKP_SAVE_GPRS -%c[regs_size]
+        .endif
         mov rbx, rsp
         mov rax, [rbx + %c[regs_size]]
         mov [rbx + %c[flags]], rax
@@ -147,32 +173,6 @@ __attribute__((used)) static void define_return_trampoline() {
         mov [rsp + ukp_return_frame_resume], rax
         and rsp, -64
         sub rsp, %c[vector_area]
-        .if \last == 1
-        # The narrow variants: zmm0-1 whole at the widest width the CPU
-        # has, no XINUSE (see the essay above).
-        mov r12d, dword ptr [rip + ukp_return_vector_width]
-        test r12d, r12d
-        jz 62f
-        vmovdqu [rsp], ymm0
-        vmovdqu [rsp + 64], ymm1
-        cmp r12d, 2
-        jb 63f
-        # zmm0-1's upper 256 bits only when one is non-zero (zmm2-3 are
-        # dead here): r12d stays 2 then, else 1.
-        vextracti64x4 ymm2, zmm0, 1
-        vextracti64x4 ymm3, zmm1, 1
-        vpor ymm2, ymm2, ymm3
-        vptest ymm2, ymm2
-        jz 64f
-        vmovdqu64 [rsp], zmm0
-        vmovdqu64 [rsp + 64], zmm1
-        jmp 63f
-64:     mov r12d, 1
-        jmp 63f
-62:     movaps [rsp], xmm0
-        movaps [rsp + 64], xmm1
-63:
-        .else
         xor eax, eax
         cmp dword ptr [rip + ukp_return_trampoline_xinuse], 0
         je 1f
@@ -180,7 +180,6 @@ __attribute__((used)) static void define_return_trampoline() {
         xgetbv
 1:      mov r12d, eax
         UKP_SAVE_LOW_VECTORS \last
-        .endif
         fnstsw ax
         movzx r13d, ax
         and r13d, 0x3800
@@ -201,29 +200,17 @@ __attribute__((used)) static void define_return_trampoline() {
         jz 5f
         frstor [rsp + %c[fnsave]]
 5:
-        .if \last == 1
-        cmp r12d, 2
-        jb 65f
-        vmovdqu64 zmm0, [rsp]
-        vmovdqu64 zmm1, [rsp + 64]
-        jmp 67f
-65:     test r12d, r12d
-        jz 66f
-        vmovdqu ymm0, [rsp]
-        vmovdqu ymm1, [rsp + 64]
-        mov rcx, [rsp + 16]
-        or rcx, [rsp + 24]
-        or rcx, [rsp + 80]
-        or rcx, [rsp + 88]
-        jnz 67f
-        vzeroupper
-        jmp 67f
-66:     movaps xmm0, [rsp]
-        movaps xmm1, [rsp + 64]
-67:
-        .else
         UKP_RESTORE_LOW_VECTORS \last
-        .endif
+        # A handler that left the upper halves of the vector registers in use
+        # (hand-written AVX code without vzeroupper) would leave the program
+        # paying for a dirty upper state, and garbage in upper halves that
+        # were zero: when XINUSE said they were all zero, make them so again.
+        test r12d, 0x44                 # AVX, ZMM_Hi256
+        jnz 67f
+        cmp dword ptr [rip + ukp_return_trampoline_has_avx], 0
+        je 67f
+        vzeroupper
+67:
         mov rsp, rbx
         UKP_RESTORE_FLAGS %c[regs_size]
         UKP_RESTORE_GPRS
@@ -246,6 +233,14 @@ __attribute__((used)) static void define_return_trampoline() {
 70:     # A return-handler call abandoned (see above): rsp = the frame.
         cld
         lea rbx, [rsp + ukp_return_frame_size + %c[regs_size]]
+        .if \last == 1
+        # The registers the narrow backup leaves out keep the handler's
+        # values (dead to the caller), rather than whatever the stack held.
+        .irp reg, rcx, rsi, rdi, r8, r9, r10, r11
+        mov rax, [rbx + ukp_return_offset_\reg]
+        mov [rbx - %c[regs_size] + ukp_return_offset_\reg], rax
+        .endr
+        .endif
         mov rax, [rbx + %c[regs_size]]
         mov [rbx - %c[regs_size] + %c[flags]], rax
         lea rax, [rbx + %c[regs_size] + 16]
@@ -289,24 +284,19 @@ void prepare_return_landings() noexcept;
 }
 
 namespace {
-std::uint32_t usable_vector_width() noexcept {
+bool usable_avx() noexcept {
     unsigned eax, ebx, ecx, edx;
-    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return 0;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return false;
     const bool osxsave = (ecx & (1u << 27)) != 0, avx = (ecx & (1u << 28)) != 0;
-    if (!osxsave || !avx) return 0;
+    if (!osxsave || !avx) return false;
     std::uint32_t xcr0, xcr0_high;
     asm volatile("xgetbv" : "=a"(xcr0), "=d"(xcr0_high) : "c"(0));
-    if ((xcr0 & 0x6) != 0x6) return 0;  // SSE and AVX state on
-    if (__get_cpuid_max(0, nullptr) >= 7) {
-        __cpuid_count(7, 0, eax, ebx, ecx, edx);
-        if ((ebx & (1u << 16)) != 0 && (xcr0 & 0xe0) == 0xe0) return 2;  // AVX-512F, opmask and zmm state on
-    }
-    return 1;
+    return (xcr0 & 0x6) == 0x6;  // SSE and AVX state on
 }
 }  // namespace
 
 void prepare_return_trampoline() noexcept {
-    __atomic_store_n(&ukp_return_vector_width, usable_vector_width(), __ATOMIC_RELAXED);
+    __atomic_store_n(&ukp_return_trampoline_has_avx, usable_avx() ? 1u : 0u, __ATOMIC_RELAXED);
     if (x86::cpu_supports_trampolines()) __atomic_store_n(&ukp_return_trampoline_xinuse, 1, __ATOMIC_RELAXED);
     prepare_return_landings();
 }
