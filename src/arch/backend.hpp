@@ -201,7 +201,8 @@ static_assert(offsetof(OptimizedHitFrame, resume) == guarded_call_resume_offset)
 // common case's return-handler call escapes to it, and it then calls
 // ukp_return_abandoned().
 struct ReturnHitFrame {
-    std::uint64_t body_state[2];        // trampoline: its own, for the resume (x86: [0] only)
+    std::uint64_t body_state;           // trampoline: its own, for the resume
+    std::uint64_t reserved;
     std::uint64_t resume;               // trampoline: at guarded_call_resume_offset
     std::uint64_t padding;
 };

@@ -134,14 +134,21 @@ extern "C" char ukp_return_trampoline_narrow_by_ret[] __attribute__((visibility(
 [[nodiscard]] inline bool is_return_hijack(std::uint64_t address) noexcept {
     return address == return_trampoline_address() || is_in_return_landings(address);
 }
+// The return trampoline variant a landing jumps to: narrow or full, and
+// leaving with ret (the function was entered by the landing's call) or jmp.
+[[nodiscard]] inline std::uint64_t return_trampoline_variant(bool narrow, bool by_ret) noexcept {
+    const char* variant = narrow ? (by_ret ? detail::ukp_return_trampoline_narrow_by_ret
+                                           : detail::ukp_return_trampoline_narrow)
+                                 : (by_ret ? detail::ukp_return_trampoline_by_ret : detail::ukp_return_trampoline);
+    return reinterpret_cast<std::uint64_t>(variant);
+}
 // Stores the real return address and the trampoline variant for landing
 // `index` and returns the landing's address.
 [[nodiscard]] inline std::uint64_t return_landing(std::size_t index, std::uint64_t return_address,
                                                   bool narrow) noexcept {
     auto& landings = detail::return_landings;
     landings.targets[index] = return_address;
-    landings.jumps[index] = reinterpret_cast<std::uint64_t>(narrow ? detail::ukp_return_trampoline_narrow
-                                                                   : detail::ukp_return_trampoline);
+    landings.jumps[index] = return_trampoline_variant(narrow, false);
     return return_landing_address(index);
 }
 // The return trampolines' code (a thread single-stepping there is in ours).
@@ -155,8 +162,7 @@ extern "C" char ukp_return_trampoline_narrow_by_ret[] __attribute__((visibility(
                                                          bool narrow) noexcept {
     auto& landings = detail::return_landings;
     landings.entries[index] = continuation;
-    landings.jumps[index] = reinterpret_cast<std::uint64_t>(narrow ? detail::ukp_return_trampoline_narrow_by_ret
-                                                                   : detail::ukp_return_trampoline_by_ret);
+    landings.jumps[index] = return_trampoline_variant(narrow, true);
     return landings.code.load(std::memory_order_relaxed) + index * return_landing_size;
 }
 }  // namespace ukp::arch
