@@ -157,6 +157,12 @@ struct Memory {
 // `pc`, or 0 when `pc` is not in one.
 [[nodiscard]] std::uint64_t trampoline_original_address(const OptimizedRegion& plan, std::uint64_t pc) noexcept;
 
+// Where a pre-handler's redirect to `target` continues: `target`, unless it
+// lies past the start of the region the optimized jump replaced and before
+// its end; then the stub's copy of the instruction that starts there, or 0
+// when none does (the middle of an instruction).
+[[nodiscard]] std::uint64_t optimized_redirect_target(const OptimizedRegion& plan, std::uint64_t target) noexcept;
+
 // A program single-stepping itself (TF) through a stub: the original
 // address the hardware would have reported for a step that lands on `pc`,
 // or 0 for a step inside our own code, which the program must not see.

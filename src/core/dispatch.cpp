@@ -382,12 +382,23 @@ void on_fault_signal(int signal, siginfo_t* info, void* context) {
                                                    std::uint64_t entry_sp, std::uint64_t continuation) {
     // The trampoline's frame lies below the probed code's stack by a fixed
     // allowance; a handler that lowered sp further cannot be honoured here
-    // (trampoline.cpp).
-    if (regs->sp + arch::handler_stack_allowance >= entry_sp) return arch::instruction_pointer(*regs);
+    // (trampoline.cpp).  An ip inside the bytes the optimized jump replaced
+    // (a handler that skips the probed instruction) continues in the
+    // stub's copy of the instruction there; there is none in the middle of
+    // an instruction.
+    const char* refused = nullptr;
+    if (regs->sp + arch::handler_stack_allowance < entry_sp) {
+        refused = "ukprobes: a pre-handler of an optimized probe lowered sp by more than the "
+                  "trampoline allows; the redirect was ignored (use UKP_NO_OPTIMIZE)\n";
+    } else {
+        const std::uint64_t target =
+            arch::optimized_redirect_target(redirecting->point->optimized, arch::instruction_pointer(*regs));
+        if (target != 0) return target;
+        refused = "ukprobes: a pre-handler of an optimized probe set ip inside an instruction its jump "
+                  "replaced; the redirect was ignored\n";
+    }
     redirecting->nfault.fetch_add(1, std::memory_order_relaxed);
-    if (!redirecting->fault_reported.exchange(true, std::memory_order_relaxed))
-        write_stderr("ukprobes: a pre-handler of an optimized probe lowered sp by more than the "
-                     "trampoline allows; the redirect was ignored (use UKP_NO_OPTIMIZE)\n");
+    if (!redirecting->fault_reported.exchange(true, std::memory_order_relaxed)) write_stderr(refused);
     copy_regs(*regs, *before);
     return continuation;
 }

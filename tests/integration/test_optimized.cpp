@@ -80,6 +80,50 @@ TEST(Optimized, PreHandlerRedirectSkipsTheFunction) {
     EXPECT_EQ(opt_plain(5), 8);
 }
 
+// A handler that skips the probed instruction sets ip to the next one,
+// which the optimized jump has overwritten (opt_plain's first instruction is
+// 2 bytes): the hit goes on in the stub's copy of that instruction, as the
+// int3 path goes on in the original.
+class OptimizedSkip : public testing::TestWithParam<unsigned> {};
+
+TEST_P(OptimizedSkip, PreHandlerSkippingTheProbedInstructionGoesOnAfterIt) {
+    ukp::Kprobe probe{.addr = function_address(opt_plain),
+                      .pre_handler =
+                          [](ukp::Kprobe&, ukp::Regs& regs) {
+                              regs.ax = 100;  // instead of mov eax, edi
+                              regs.ip = reinterpret_cast<unsigned long>(opt_plain_second);
+                              return 1;
+                          },
+                      .flags = GetParam()};
+    ASSERT_TRUE(ukp::register_kprobe(probe));
+    ASSERT_EQ(info_of(function_address(opt_plain)).kind, GetParam() == 0 ? "optimized" : "boosted")
+        << ukp::format_probe_list();
+    EXPECT_EQ(opt_plain(5), 103);
+    EXPECT_EQ(opt_plain(6), 103);
+    EXPECT_EQ(probe.nhit(), 2u);
+    EXPECT_EQ(probe.nfault(), 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Optimized, OptimizedSkip, testing::Values(0u, ukp::flag_no_optimize),
+                         [](const auto& info) { return info.param == 0 ? "Optimized" : "Int3"; });
+
+// No instruction of the original code starts 1 byte into opt_plain: an
+// optimized probe cannot go on there, and refuses the redirect as a whole.
+TEST(Optimized, RedirectIntoTheMiddleOfAReplacedInstructionIsUndone) {
+    ukp::Kprobe probe{.addr = function_address(opt_plain), .pre_handler = [](ukp::Kprobe&, ukp::Regs& regs) {
+                          regs.di = 100;
+                          regs.ip = reinterpret_cast<unsigned long>(function_address(opt_plain)) + 1;
+                          return 1;
+                      }};
+    ASSERT_TRUE(ukp::register_kprobe(probe));
+    ASSERT_EQ(info_of(function_address(opt_plain)).kind, "optimized");
+    testing::internal::CaptureStderr();
+    EXPECT_EQ(opt_plain(5), 8);
+    std::string said = testing::internal::GetCapturedStderr();
+    EXPECT_EQ(probe.nfault(), 1u);
+    EXPECT_NE(said.find("inside an instruction"), std::string::npos) << said;
+}
+
 // The trampoline's frame sits a fixed allowance below the probed code's
 // stack; a redirect that needs the stack lower than that cannot be carried
 // out there.  It is refused as a whole: the function runs as if the handler

@@ -247,6 +247,15 @@ std::uint64_t trampoline_original_address(const OptimizedRegion& plan, std::uint
     return 0;
 }
 
+std::uint64_t optimized_redirect_target(const OptimizedRegion& plan, std::uint64_t target) noexcept {
+    const std::uint64_t start = plan.region.start;
+    if (target <= start || target >= start + plan.region.length) return target;
+    const auto& layout = plan.layout;
+    for (std::uint8_t i = 0; i < layout.count; ++i)
+        if (layout.original[i] == target) return layout.stub + layout.copy_offset[i];
+    return 0;
+}
+
 std::uint64_t trampoline_step_address(const OptimizedRegion& plan, std::uint64_t pc) noexcept {
     // A step is reported after each displaced instruction completes: where
     // its copy ends, the original code would be at the next instruction.
