@@ -246,8 +246,11 @@ void set_ucontext_instruction_pointer(void* ucontext, std::uint64_t address) noe
 // backend_types.hpp: return_trampoline_address() (where a hijacked return
 // goes), return_address_slot_at_entry/at_return(regs) (where the return
 // address is stored), is_return_hijack(address) (the trampoline or a
-// landing), return_landing(index, return_address) (stores the real address
-// for landing `index`, returns the landing), return_landing_address(index),
+// landing), return_landing(index, return_address, narrow) (stores the real
+// address and the trampoline variant for landing `index`, returns the
+// landing), return_landing_target(index, return_address) and
+// leave_landing_by_jump(index, narrow) (the same in two steps, for a hit
+// that decides later how the landing is left), return_landing_address(index),
 // return_landings_per_block.
 //
 // Return landings are distinct return addresses that continue in the

@@ -470,16 +470,25 @@ inline void finish_fast_hit(ThreadRecord* record) noexcept {
 // instance a return probe's entry handler hijacked in this hit (`instance`,
 // or nullptr), which keeps the return stack buffer right
 // (return_trampoline.cpp).  A handler that redirected execution (`next`
-// is not the continuation), moved the stack or set TF gets neither.
+// is not the continuation), moved the stack or set TF gets neither.  The
+// instance's landing is left by the trampoline variant that fits
+// (kretprobe.cpp left that to us): by ret after the landing call, else by
+// jmp.
 [[gnu::always_inline]] inline std::uint64_t leave_by_return_call(const pt_regs* regs, std::uint64_t next,
                                                                  std::uint64_t continuation,
                                                                  const ReturnInstance* instance) noexcept {
-    if (next != continuation) return next;
+    auto narrow = [&] { return (arch::return_call_stub_tag(continuation) & arch::stub_tag_narrow_return) != 0; };
+    if (next != continuation) [[unlikely]] {
+        if (instance != nullptr) arch::leave_landing_by_jump(instance->landing - 1, narrow());
+        return next;
+    }
     std::uint64_t target = arch::relocated_region_after_return_call(continuation);
-    if (instance != nullptr && instance->slot == regs->sp && !arch::is_single_stepping(*regs))
-        target = arch::enter_by_landing_call(
-            instance->landing - 1, target,
-            (arch::return_call_stub_tag(continuation) & arch::stub_tag_narrow_return) != 0);
+    if (instance != nullptr) {
+        if (instance->slot == regs->sp && !arch::is_single_stepping(*regs)) [[likely]]
+            target = arch::enter_by_landing_call(instance->landing - 1, target, narrow());
+        else
+            arch::leave_landing_by_jump(instance->landing - 1, narrow());
+    }
     *arch::return_call_target_word(regs->sp) = target;
     return continuation;
 }
@@ -609,7 +618,12 @@ extern "C" [[gnu::used]] std::uint64_t ukp_optimized_abandoned(pt_regs* regs, pt
     copy_regs(*regs, *backup);
     if ((reinterpret_cast<std::uintptr_t>(data) & arch::stub_tag_mask) != 0) {
         // What optimized_pre_hit<true> would have done after it (it runs
-        // only outside another return call's entry).
+        // only outside another return call's entry).  An entry handler
+        // that faulted hijacked nothing (the instance is armed after it);
+        // the landing is set all the same should that change.
+        if (const ReturnInstance* instance = record->return_call_instance; instance != nullptr)
+            arch::leave_landing_by_jump(instance->landing - 1,
+                                        (arch::return_call_stub_tag(continuation) & arch::stub_tag_narrow_return) != 0);
         record->return_call = 0;
         record->return_call_instance = nullptr;
         *arch::return_call_target_word(regs->sp) = arch::relocated_region_after_return_call(continuation);

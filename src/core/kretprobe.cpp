@@ -177,8 +177,11 @@ void abandon_return_instance(ReturnInstance& instance, std::size_t thread_index)
 namespace {
 
 // A new instance's header, unarmed (the stack fills in the links).
+// `landing`: as ReturnInstance::landing, the one it will take when armed
+// (0: none, or not known yet); it means nothing before.
 [[gnu::always_inline]] inline ReturnInstance instance_header(ReturnProbe& probe, std::uint64_t return_address,
-                                                             std::uint64_t slot, std::uint32_t depth) noexcept {
+                                                             std::uint64_t slot, std::uint32_t depth,
+                                                             std::uint32_t landing = 0) noexcept {
     return ReturnInstance{.front_end = probe.front_end,
                           .return_address = return_address,
                           .slot = slot,
@@ -187,9 +190,24 @@ namespace {
                           .chunk = nullptr,
                           .probe_depth = depth,
                           .armed = 0,
-                          .landing = 0,
-                          .owns_landing = 0,
+                          .landing = landing,
+                          .owns_landing = static_cast<std::uint16_t>(landing != 0),
                           .walk_restored = 0};
+}
+
+// Landing `index`'s word for `instance`'s slot.  In an optimized hit whose
+// stub has the return call, the instance goes to the dispatcher, which
+// enters the function by the landing's call and sets the landing's way into
+// the trampoline on every way out of the hit (leave_by_return_call);
+// elsewhere it is set here.  The narrow trampoline (return values only) when
+// the optimized entry knows no caller relies on more (arch/backend.hpp).
+[[gnu::always_inline]] inline std::uint64_t hijack_with_landing(ThreadRecord* record, ReturnInstance* instance,
+                                                                std::size_t index) noexcept {
+    if (record->return_call != 0) {
+        record->return_call_instance = instance;
+        return arch::return_landing_target(index, instance->return_address);
+    }
+    return arch::return_landing(index, instance->return_address, false);
 }
 
 [[gnu::noinline]] int return_probe_entry_in_general(ThreadRecord* record, ReturnProbe& probe, pt_regs& regs) noexcept {
@@ -248,11 +266,7 @@ namespace {
                                 record->landings_used++;
             instance->landing = static_cast<std::uint32_t>(index + 1);
             instance->owns_landing = 1;
-            // The narrow trampoline (return values only) when the optimized
-            // entry knows no caller relies on more (arch/backend.hpp).
-            *word = arch::return_landing(index, return_address,
-                                         (record->return_call & arch::stub_tag_narrow_return) != 0);
-            if (record->return_call != 0) record->return_call_instance = instance;
+            *word = hijack_with_landing(record, instance, index);
         } else {
             *word = arch::return_trampoline_address();
         }
@@ -262,29 +276,23 @@ namespace {
     return 0;
 }
 
-// Step 4 of the common case, with the thread's next landing (see the
-// general path).  A function of its own, reached by a tail call: nothing
-// before it then needs keeping across the entry handler's call.
+// Step 4 of the common case: the instance's header names the thread's next
+// landing already (see the general path).  A function of its own, reached
+// by a tail call: nothing before it then needs keeping across the entry
+// handler's call.
 [[gnu::noinline]] int arm_with_next_landing(ThreadRecord* record, ReturnInstance* instance) noexcept {
     instance->probe->pending.add(record->index);
     instance->armed = 1;
-    const std::size_t index =
-        static_cast<std::size_t>(record->landing_block) * arch::return_landings_per_block + record->landings_used++;
-    instance->landing = static_cast<std::uint32_t>(index + 1);
-    instance->owns_landing = 1;
-    *reinterpret_cast<std::uint64_t*>(instance->slot) = arch::return_landing(
-        index, instance->return_address, (record->return_call & arch::stub_tag_narrow_return) != 0);
-    if (record->return_call != 0) record->return_call_instance = instance;
+    ++record->landings_used;
+    *reinterpret_cast<std::uint64_t*>(instance->slot) = hijack_with_landing(record, instance, instance->landing - 1);
     return 0;
 }
-
-}  // namespace
 
 // The common case on its own: no tail call, nothing to drop, a free landing
 // in the thread's block.  Everything else is a tail call to the general
 // path, and everything needed after the entry handler is found again
 // (the instance is on top), so that nothing is live across that call.
-int return_probe_entry(ReturnProbe& probe, pt_regs& regs) noexcept {
+[[gnu::always_inline]] inline int return_probe_entry_inline(ReturnProbe& probe, pt_regs& regs) noexcept {
     ThreadRecord* record = this_thread_record_if_any();
     if (record == nullptr) return 0;  // cannot be: the dispatcher claimed it
     auto& stack = record->return_stack;
@@ -296,8 +304,11 @@ int return_probe_entry(ReturnProbe& probe, pt_regs& regs) noexcept {
         return return_probe_entry_in_general(record, probe, regs);
     const std::uint32_t live = live_instances(stack, probe);
     ReturnInstance* instance = nullptr;
+    const auto landing = static_cast<std::uint32_t>(
+        static_cast<std::size_t>(record->landing_block) * arch::return_landings_per_block + record->landings_used + 1);
     if (live < probe.maxactive) [[likely]]
-        instance = stack.push_in_chunk(probe.data_size, instance_header(probe, return_address, slot, live + 1));
+        instance = stack.push_in_chunk(probe.data_size,
+                                       instance_header(probe, return_address, slot, live + 1, landing));
     if (instance == nullptr) [[unlikely]]  // a miss, or a new chunk to map
         return return_probe_entry_in_general(record, probe, regs);
     if (probe.entry_handler != nullptr) {
@@ -310,6 +321,14 @@ int return_probe_entry(ReturnProbe& probe, pt_regs& regs) noexcept {
         instance = record->return_stack.top();
     }
     return arm_with_next_landing(record, instance);
+}
+
+}  // namespace
+
+int return_probe_entry(ReturnProbe& probe, pt_regs& regs) noexcept { return return_probe_entry_inline(probe, regs); }
+
+int return_probe_pre_handler(ProbeRecord& entry, pt_regs& regs) noexcept {
+    return return_probe_entry_inline(*static_cast<ReturnProbe*>(entry.handler_data), regs);
 }
 
 void retire_return_probe(ReturnProbe& probe) noexcept {
@@ -644,12 +663,7 @@ UKP_API Result<void> register_kretprobes(std::span<Kretprobe* const> probes) {
         state->probe = core_probe;
         // The entry record calls return_probe_entry directly; kp.pre_handler
         // is not used (a std::function holding core_probe would outlive it).
-        detail::set_return_entry_handler(
-            probe->kp,
-            [](core::ProbeRecord& record, pt_regs& regs) {
-                return core::return_probe_entry(*static_cast<core::ReturnProbe*>(record.handler_data), regs);
-            },
-            core_probe);
+        detail::set_return_entry_handler(probe->kp, core::return_probe_pre_handler, core_probe);
         entries.push_back(&probe->kp);
     }
     auto registered = register_kprobes(entries);

@@ -90,6 +90,9 @@ inline constexpr std::uint32_t default_maxactive = 64;
 
 // The entry probe's pre-handler body: always returns 0 (the function runs).
 int return_probe_entry(ReturnProbe& probe, pt_regs& regs) noexcept;
+// The same as an engine pre-handler whose record's handler_data is the
+// ReturnProbe: the entry record calls it directly, with no thunk between.
+int return_probe_pre_handler(ProbeRecord& entry, pt_regs& regs) noexcept;
 
 // Unregistration's second half, after the entry probe is unregistered:
 // marks the probe gone and waits until no thread runs its return handler.

@@ -399,6 +399,8 @@ END clobber_ymm_registers
 FUNCTION ipa_callee
         lea r11, [r11 + 0]
         nop
+        .globl ipa_callee_return
+ipa_callee_return:
         ret
 END ipa_callee
 

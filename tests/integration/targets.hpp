@@ -44,6 +44,7 @@ void vector_entry_function(void);
 void vector_entry_run(const void* in, void* out);
 void clobber_ymm_registers(void);
 void ipa_callee(void);
+extern char ipa_callee_return[];  // its ret
 void ipa_caller_run(const void* in, void* out);
 void return_values_function(void);
 void return_values_run(const void* in, void* out);

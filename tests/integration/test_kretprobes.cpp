@@ -258,6 +258,46 @@ TEST_P(KretprobeRegisters, ADirectlyCalledFunctionsReturnKeepsEveryYmmRegister) 
     EXPECT_EQ(std::memcmp(in, out, sizeof in), 0);
 }
 
+
+// A hit that another probe's pre-handler redirects (here to the function's
+// own `ret`, as a fault injector makes a function return at once) is not
+// entered by its landing's call: the landing must then go on to the
+// trampoline that fits this function, whatever its previous user left
+// there.  First a narrow return (return_values_function, called through a
+// pointer) uses the thread's first landing; then ipa_callee, whose direct
+// caller keeps values in every vector register, uses it again.
+TEST_P(KretprobeRegisters, ARedirectedEntrysLandingLeadsToTheTrampolineItNeeds) {
+    {
+        alignas(32) std::uint64_t in[16] = {}, out[16] = {};
+        ukp::Kretprobe narrow{.kp = {.addr = function_address(return_values_function), .flags = GetParam()},
+                              .handler = [](ukp::KretprobeInstance&, ukp::Regs&) { return 0; }};
+        ASSERT_TRUE(ukp::register_kretprobe(narrow));
+        return_values_run(in, out);
+    }
+    alignas(32) std::uint8_t in[32 * 16], out[32 * 16] = {};
+    for (std::size_t i = 0; i < sizeof in; ++i) in[i] = static_cast<std::uint8_t>(i * 5 + 1);
+    std::atomic<int> returns{0};
+    ukp::Kretprobe probe{.kp = {.addr = function_address(ipa_callee), .flags = GetParam()},
+                         .handler = [&](ukp::KretprobeInstance&, ukp::Regs& regs) {
+                             ++returns;
+                             return clobbering_return_handler(regs);
+                         }};
+    // Inside the region the optimized jump replaced: the stub's copy of the ret.
+    const auto ret_address = reinterpret_cast<std::uint64_t>(ipa_callee_return);
+    ukp::Kprobe redirect{.addr = function_address(ipa_callee),
+                         .pre_handler =
+                             [ret_address](ukp::Kprobe&, ukp::Regs& regs) {
+                                 regs.ip = ret_address;
+                                 return 1;
+                             },
+                         .flags = GetParam()};
+    ASSERT_TRUE(ukp::register_kretprobe(probe));
+    ASSERT_TRUE(ukp::register_kprobe(redirect));
+    EXPECT_EQ(is_optimized(function_address(ipa_callee)), GetParam() == 0) << ukp::format_probe_list();
+    ipa_caller_run(in, out);
+    EXPECT_EQ(returns, 1);
+    EXPECT_EQ(std::memcmp(in, out, sizeof in), 0);
+}
 // A function returning AVX-512 values, called through a register: the
 // narrow trampoline keeps zmm0-1 whole when their upper halves are in use.
 TEST(KretprobeVectors, ANarrowReturnKeepsZmmReturnValues) {

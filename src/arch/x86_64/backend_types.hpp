@@ -142,14 +142,22 @@ extern "C" char ukp_return_trampoline_narrow_by_ret[] __attribute__((visibility(
                                  : (by_ret ? detail::ukp_return_trampoline_by_ret : detail::ukp_return_trampoline);
     return reinterpret_cast<std::uint64_t>(variant);
 }
-// Stores the real return address and the trampoline variant for landing
-// `index` and returns the landing's address.
+// Stores the real return address for landing `index` and returns the
+// landing's address.  The trampoline variant it goes on to is the caller's
+// to set before the function can return: leave_landing_by_jump() or
+// enter_by_landing_call().
+[[nodiscard]] inline std::uint64_t return_landing_target(std::size_t index, std::uint64_t return_address) noexcept {
+    detail::return_landings.targets[index] = return_address;
+    return return_landing_address(index);
+}
+inline void leave_landing_by_jump(std::size_t index, bool narrow) noexcept {
+    detail::return_landings.jumps[index] = return_trampoline_variant(narrow, false);
+}
+// Both: the real return address and the variant that leaves by jmp.
 [[nodiscard]] inline std::uint64_t return_landing(std::size_t index, std::uint64_t return_address,
                                                   bool narrow) noexcept {
-    auto& landings = detail::return_landings;
-    landings.targets[index] = return_address;
-    landings.jumps[index] = return_trampoline_variant(narrow, false);
-    return return_landing_address(index);
+    leave_landing_by_jump(index, narrow);
+    return return_landing_target(index, return_address);
 }
 // The return trampolines' code (a thread single-stepping there is in ours).
 [[nodiscard]] bool is_in_return_trampoline(std::uint64_t pc) noexcept;
