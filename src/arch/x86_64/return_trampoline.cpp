@@ -13,10 +13,13 @@
 //   the same unit is known not to clobber.  So every GPR, the flags and
 //   xmm0-15 (with their ymm/zmm upper halves when in use, read from XINUSE
 //   like the optimized bodies do) come back exactly as they were.  The
-//   narrow variants keep only xmm0-1 (the return values) of the vector
-//   registers: they are used when no code of the module calls or jumps to
-//   the function directly (the optimized entry knows, plan_optimization),
-//   so every caller relies on the ABI alone.
+//   narrow variants keep only what a caller relying on the ABI can see:
+//   xmm0-1 (the return values) of the vector registers, and rax, rdx and
+//   the callee-saved registers of the general ones (the handlers see all of
+//   them; changes to the others are not carried out).  They are used when
+//   no code of the module calls or jumps to the function directly (the
+//   optimized entry knows, plan_optimization), so every caller relies on
+//   the ABI alone.
 // - When XINUSE said every upper half was zero (the common case), the
 //   restore ends with vzeroupper: a handler that left them in use (hand-
 //   written AVX code) would otherwise leave the program paying for a dirty
@@ -213,7 +216,15 @@ __attribute__((used)) static void define_return_trampoline() {
 67:
         mov rsp, rbx
         UKP_RESTORE_FLAGS %c[regs_size]
+        .if \last == 1
+        # What a caller relying on the ABI can see; rcx, rsi, rdi and
+        # r8-r11 are dead to it (the flags' restore used rcx).
+        .irp reg, rax, rdx, rbx, rbp, r12, r13, r14, r15
+        mov \reg, [rsp + ukp_return_offset_\reg]
+        .endr
+        .else
         UKP_RESTORE_GPRS
+        .endif
         .if \by_ret
         # The function was entered by a call from its landing, so the
         # return stack buffer's top entry is its caller's own: ret is the
@@ -233,14 +244,6 @@ __attribute__((used)) static void define_return_trampoline() {
 70:     # A return-handler call abandoned (see above): rsp = the frame.
         cld
         lea rbx, [rsp + ukp_return_frame_size + %c[regs_size]]
-        .if \last == 1
-        # The registers the narrow backup leaves out keep the handler's
-        # values (dead to the caller), rather than whatever the stack held.
-        .irp reg, rcx, rsi, rdi, r8, r9, r10, r11
-        mov rax, [rbx + ukp_return_offset_\reg]
-        mov [rbx - %c[regs_size] + ukp_return_offset_\reg], rax
-        .endr
-        .endif
         mov rax, [rbx + %c[regs_size]]
         mov [rbx - %c[regs_size] + %c[flags]], rax
         lea rax, [rbx + %c[regs_size] + 16]
