@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "ukprobes/error.hpp"
+#include "ukprobes/kretprobe_instance.hpp"
 #include "ukprobes/pt_regs.h"
 
 namespace ukp {
@@ -213,12 +214,6 @@ std::size_t reclaim_retired_probes();
 // destroyed even while calls are pending.
 struct Kretprobe;
 
-struct KretprobeInstance {
-    void* data;                   // data_size bytes, 16-byte aligned
-    Kretprobe* rp;
-    std::uint64_t return_address; // where the function returns to
-    std::uint64_t stack_slot;     // where its return address is stored
-};
 
 using ReturnHandler = std::function<int(KretprobeInstance&, Regs&)>;
 

@@ -484,7 +484,7 @@ inline void finish_fast_hit(ThreadRecord* record) noexcept {
     }
     std::uint64_t target = arch::relocated_region_after_return_call(continuation);
     if (instance != nullptr) {
-        if (instance->slot == regs->sp && !arch::is_single_stepping(*regs)) [[likely]]
+        if (instance->stack_slot == regs->sp && !arch::is_single_stepping(*regs)) [[likely]]
             target = arch::enter_by_landing_call(instance->landing - 1, target, narrow());
         else
             arch::leave_landing_by_jump(instance->landing - 1, narrow());

@@ -119,7 +119,7 @@ std::uint64_t hijack_word(const ReturnInstance& instance) noexcept {
 // Landings are taken and given back in stack order: an instance that owns
 // one is above every older owner.
 void give_back_landing(ThreadRecord& record, const ReturnInstance& instance) noexcept {
-    if (instance.owns_landing) --record.landings_used;
+    if (instance.owns_landing()) --record.landings_used;
 }
 
 // Pops the top instance for good.  `pending` is the last access to the
@@ -159,8 +159,8 @@ void unhook_this_thread() noexcept {
     const auto here = reinterpret_cast<std::uint64_t>(__builtin_frame_address(0));
     auto& stack = record->return_stack;
     while (ReturnInstance* instance = stack.top()) {
-        auto* word = reinterpret_cast<std::uint64_t*>(instance->slot);
-        if (instance->armed && instance->slot > here && *word == hijack_word(*instance))
+        auto* word = reinterpret_cast<std::uint64_t*>(instance->stack_slot);
+        if (instance->armed && instance->stack_slot > here && *word == hijack_word(*instance))
             *word = instance->return_address;
         drop_top_abandoned(*record);
     }
@@ -177,22 +177,24 @@ void abandon_return_instance(ReturnInstance& instance, std::size_t thread_index)
 namespace {
 
 // A new instance's header, unarmed (the stack fills in the links).
-// `landing`: as ReturnInstance::landing, the one it will take when armed
-// (0: none, or not known yet); it means nothing before.
+// `landing`: as ReturnInstance::landing, the one it will take (and own)
+// when armed; 0: none, or not known yet.  It means nothing before.
 [[gnu::always_inline]] inline ReturnInstance instance_header(ReturnProbe& probe, std::uint64_t return_address,
                                                              std::uint64_t slot, std::uint32_t depth,
-                                                             std::uint32_t landing = 0) noexcept {
-    return ReturnInstance{.front_end = probe.front_end,
-                          .return_address = return_address,
-                          .slot = slot,
-                          .probe = &probe,
-                          .below = nullptr,
-                          .chunk = nullptr,
-                          .probe_depth = depth,
-                          .armed = 0,
-                          .landing = landing,
-                          .owns_landing = static_cast<std::uint16_t>(landing != 0),
-                          .walk_restored = 0};
+                                                             std::uint16_t landing = 0) noexcept {
+    // rp holds the front end's object, a struct kretprobe for a C probe
+    // (whose handlers see it through struct kretprobe_instance's rp).
+    return ReturnInstance{{.rp = static_cast<ukp::Kretprobe*>(probe.front_end),
+                           .return_address = return_address,
+                           .stack_slot = slot,
+                           .data = nullptr},
+                          /*probe=*/&probe,
+                          /*below=*/nullptr,
+                          /*chunk=*/nullptr,
+                          /*probe_depth=*/depth,
+                          /*landing=*/landing,
+                          /*armed=*/0,
+                          /*marks=*/landing != 0 ? ReturnInstance::instance_owns_landing : std::uint8_t{0}};
 }
 
 // Landing `index`'s word for `instance`'s slot.  In an optimized hit whose
@@ -218,7 +220,7 @@ namespace {
 
     // Step 1.
     while (ReturnInstance* top = stack.top()) {
-        if (!top->armed || top->slot < slot || (top->slot == slot && !tail_called))
+        if (!top->armed || top->stack_slot < slot || (top->stack_slot == slot && !tail_called))
             drop_top_abandoned(*record);
         else
             break;
@@ -227,7 +229,7 @@ namespace {
     std::uint32_t landing = 0;
     if (tail_called) {
         ReturnInstance* top = stack.top();
-        if (top == nullptr || top->slot != slot) {
+        if (top == nullptr || top->stack_slot != slot) {
             // Not ours to follow (cannot happen unless the stack was corrupted).
             probe.count_miss();
             return 0;
@@ -264,27 +266,37 @@ namespace {
         if (record->landing_block >= 0 && record->landings_used < arch::return_landings_per_block) {
             std::size_t index = static_cast<std::size_t>(record->landing_block) * arch::return_landings_per_block +
                                 record->landings_used++;
-            instance->landing = static_cast<std::uint32_t>(index + 1);
-            instance->owns_landing = 1;
+            instance->landing = static_cast<std::uint16_t>(index + 1);
+            instance->marks = ReturnInstance::instance_owns_landing;
             *word = hijack_with_landing(record, instance, index);
         } else {
             *word = arch::return_trampoline_address();
         }
     } else {
-        instance->landing = landing;
+        instance->landing = static_cast<std::uint16_t>(landing);
     }
     return 0;
 }
 
-// Step 4 of the common case: the instance's header names the thread's next
-// landing already (see the general path).  A function of its own, reached
-// by a tail call: nothing before it then needs keeping across the entry
-// handler's call.
-[[gnu::noinline]] int arm_with_next_landing(ThreadRecord* record, ReturnInstance* instance) noexcept {
+// Step 4 of the common case: the instance on top's header names the
+// thread's next landing already (see the general path).  A function of its
+// own, reached by a tail call, that finds the record and the instance
+// itself: nothing before it then needs keeping across the entry handler's
+// call (GCC would keep it in callee-saved registers: five pushes and pops).
+[[gnu::noinline]] int arm_top_with_next_landing() noexcept {
+    ThreadRecord* record = this_thread_record_if_any();
+    ReturnInstance* instance = record->return_stack.top();
     instance->probe->pending.add(record->index);
     instance->armed = 1;
     ++record->landings_used;
-    *reinterpret_cast<std::uint64_t*>(instance->slot) = hijack_with_landing(record, instance, instance->landing - 1);
+    *reinterpret_cast<std::uint64_t*>(instance->stack_slot) = hijack_with_landing(record, instance, instance->landing - 1);
+    return 0;
+}
+
+// Step 3's pop after an entry handler returned non-zero (see
+// arm_top_with_next_landing).
+[[gnu::noinline]] int skip_top() noexcept {
+    this_thread_record_if_any()->return_stack.pop();
     return 0;
 }
 
@@ -299,28 +311,20 @@ namespace {
     const std::uint64_t slot = arch::return_address_slot_at_entry(regs);
     const std::uint64_t return_address = *reinterpret_cast<const std::uint64_t*>(slot);
     const ReturnInstance* top = stack.top();
-    if (arch::is_return_hijack(return_address) || (top != nullptr && (!top->armed || top->slot <= slot)) ||
+    if (arch::is_return_hijack(return_address) || (top != nullptr && (!top->armed || top->stack_slot <= slot)) ||
         record->landing_block < 0 || record->landings_used >= arch::return_landings_per_block) [[unlikely]]
         return return_probe_entry_in_general(record, probe, regs);
     const std::uint32_t live = live_instances(stack, probe);
     ReturnInstance* instance = nullptr;
-    const auto landing = static_cast<std::uint32_t>(
+    const auto landing = static_cast<std::uint16_t>(
         static_cast<std::size_t>(record->landing_block) * arch::return_landings_per_block + record->landings_used + 1);
     if (live < probe.maxactive) [[likely]]
         instance = stack.push_in_chunk(probe.data_size,
                                        instance_header(probe, return_address, slot, live + 1, landing));
     if (instance == nullptr) [[unlikely]]  // a miss, or a new chunk to map
         return return_probe_entry_in_general(record, probe, regs);
-    if (probe.entry_handler != nullptr) {
-        const int skip = probe.entry_handler(probe, *instance, regs);
-        record = this_thread_record_if_any();
-        if (skip != 0) {
-            record->return_stack.pop();
-            return 0;
-        }
-        instance = record->return_stack.top();
-    }
-    return arm_with_next_landing(record, instance);
+    if (probe.entry_handler != nullptr && probe.entry_handler(probe, *instance, regs) != 0) return skip_top();
+    return arm_top_with_next_landing();
 }
 
 }  // namespace
@@ -351,9 +355,9 @@ namespace {
 // then be the slot's.
 [[gnu::noinline]] ReturnInstance* drop_to_slot(ThreadRecord* record, std::uint64_t slot) {
     auto& stack = record->return_stack;
-    while (stack.top() != nullptr && stack.top()->slot < slot) drop_top_abandoned(*record);
+    while (stack.top() != nullptr && stack.top()->stack_slot < slot) drop_top_abandoned(*record);
     ReturnInstance* instance = stack.top();
-    if (instance == nullptr || instance->slot != slot || !instance->armed)
+    if (instance == nullptr || instance->stack_slot != slot || !instance->armed)
         fatal("ukprobes: a return probe's trampoline found no instance for its stack slot; aborting\n");
     return instance;
 }
@@ -369,7 +373,7 @@ namespace {
     // The trampoline wrote only (some of) the general registers into the
     // backup, and no handler has run yet.
     copy_regs(*backup, *regs);
-    while ((instance = stack.top()) != nullptr && instance->slot == slot && instance->armed) {
+    while ((instance = stack.top()) != nullptr && instance->stack_slot == slot && instance->armed) {
         return_address = instance->return_address;
         regs->ip = return_address;
         ReturnProbe* probe = instance->probe;
@@ -441,8 +445,8 @@ extern "C" __attribute__((visibility("hidden"), used)) std::uint64_t ukp_return_
     // call but the handler's and keeps nothing in registers across it.
     const std::uint64_t slot = arch::return_address_slot_at_return(*regs);
     ReturnInstance* instance = record->return_stack.top();
-    if (instance == nullptr || instance->slot != slot || !instance->armed ||
-        (instance->below != nullptr && instance->below->slot == slot)) [[unlikely]]
+    if (instance == nullptr || instance->stack_slot != slot || !instance->armed ||
+        (instance->below != nullptr && instance->below->stack_slot == slot)) [[unlikely]]
         return return_probe_hit_outermost(record, regs, backup);
     // As ReturnPathScope, for the outermost entry.
     DispatchScope::enter_outermost(record);
@@ -517,15 +521,17 @@ auto with_real_return_addresses(Walk&& walk) {
     if (top == nullptr) return walk();
     const auto here = reinterpret_cast<std::uint64_t>(__builtin_frame_address(0));
     for (ReturnInstance* instance = top; instance; instance = instance->below) {
-        auto* word = reinterpret_cast<std::uint64_t*>(instance->slot);
-        instance->walk_restored = instance->armed && instance->slot > here && *word == hijack_word(*instance);
-        if (instance->walk_restored) *word = instance->return_address;
+        auto* word = reinterpret_cast<std::uint64_t*>(instance->stack_slot);
+        if (instance->armed && instance->stack_slot > here && *word == hijack_word(*instance)) {
+            *word = instance->return_address;
+            instance->marks |= ReturnInstance::instance_walk_restored;
+        }
     }
     auto result = walk();
     for (ReturnInstance* instance = top; instance; instance = instance->below)
-        if (instance->walk_restored) {
-            *reinterpret_cast<std::uint64_t*>(instance->slot) = hijack_word(*instance);
-            instance->walk_restored = 0;
+        if (instance->walk_restored()) {
+            *reinterpret_cast<std::uint64_t*>(instance->stack_slot) = hijack_word(*instance);
+            instance->marks &= static_cast<std::uint8_t>(~ReturnInstance::instance_walk_restored);
         }
     return result;
 }
@@ -563,33 +569,13 @@ struct KretprobeState {
 
 namespace {
 
-// A C++ instance holds its KretprobeInstance right after the header, and
-// the user's data after that: the entry handler builds it there and the
-// return handler gets the same object, as a kernel kretprobe_instance is
-// one object for both (and building it once saves stores on every return).
-constexpr std::size_t view_size = (sizeof(KretprobeInstance) + 15) & ~std::size_t{15};
-
-// The front end is read from the instance, which the caller has at hand,
-// rather than through the probe: one load less before the handler's call.
-Kretprobe& front_end_of(const ReturnInstance& instance) { return *static_cast<Kretprobe*>(instance.front_end); }
-KretprobeInstance& build_view(ReturnInstance& instance) {
-    auto* at = reinterpret_cast<std::byte*>(&instance) + sizeof(ReturnInstance);
-    return *new (at) KretprobeInstance{at + view_size, &front_end_of(instance), instance.return_address,
-                                       instance.slot};
-}
+// The handlers get the instance's own KretprobeInstance, the one object for
+// both calls (as a kernel kretprobe_instance is), which the engine filled
+// in when it pushed the instance.
 int call_entry(ReturnProbe&, ReturnInstance& instance, pt_regs& regs) {
-    return front_end_of(instance).entry_handler(build_view(instance), regs);
+    return instance.rp->entry_handler(instance, regs);
 }
-// After call_entry built the view.
-int call_return(ReturnProbe&, ReturnInstance& instance, pt_regs& regs) {
-    auto& view = *std::launder(reinterpret_cast<KretprobeInstance*>(reinterpret_cast<std::byte*>(&instance) +
-                                                                    sizeof(ReturnInstance)));
-    return front_end_of(instance).handler(view, regs);
-}
-// Without an entry handler, nothing built it.
-int build_and_call_return(ReturnProbe&, ReturnInstance& instance, pt_regs& regs) {
-    return front_end_of(instance).handler(build_view(instance), regs);
-}
+int call_return(ReturnProbe&, ReturnInstance& instance, pt_regs& regs) { return instance.rp->handler(instance, regs); }
 
 std::once_flag trampoline_prepared;
 
@@ -656,11 +642,9 @@ UKP_API Result<void> register_kretprobes(std::span<Kretprobe* const> probes) {
         core::release_return_probe(state->probe);
         auto* core_probe = new core::ReturnProbe();
         core_probe->entry_handler = probe->entry_handler ? call_entry : nullptr;
-        core_probe->return_handler = !probe->handler      ? nullptr
-                                     : probe->entry_handler ? call_return
-                                                            : build_and_call_return;
+        core_probe->return_handler = probe->handler ? call_return : nullptr;
         core_probe->front_end = probe;
-        core_probe->data_size = view_size + probe->data_size;
+        core_probe->data_size = probe->data_size;
         core_probe->maxactive = probe->maxactive > 0 ? static_cast<std::uint32_t>(probe->maxactive)
                                                      : core::default_maxactive;
         state->probe = core_probe;
@@ -691,10 +675,14 @@ UKP_API void unregister_kretprobe(Kretprobe& probe) {
 
 // --- The kernel-compatible C front end ------------------------------------
 
-static_assert(offsetof(struct kretprobe_instance, rp) == offsetof(ReturnInstance, front_end));
-static_assert(offsetof(struct kretprobe_instance, ret_addr) == offsetof(ReturnInstance, return_address));
-static_assert(offsetof(struct kretprobe_instance, fp) == offsetof(ReturnInstance, slot));
+// ReturnInstance begins with its KretprobeInstance base (the Itanium C++
+// ABI puts a first non-virtual base of a class without virtual functions at
+// offset 0), whose layout is the C struct's first fields.
+static_assert(offsetof(struct kretprobe_instance, rp) == offsetof(ukp::KretprobeInstance, rp));
+static_assert(offsetof(struct kretprobe_instance, ret_addr) == offsetof(ukp::KretprobeInstance, return_address));
+static_assert(offsetof(struct kretprobe_instance, fp) == offsetof(ukp::KretprobeInstance, stack_slot));
 static_assert(offsetof(struct kretprobe_instance, data) == sizeof(ReturnInstance));
+static_assert(arch::return_landing_count < 0xffff, "ReturnInstance::landing is 16 bits");
 
 namespace {
 

@@ -34,6 +34,8 @@
 #include <cstdint>
 #include <new>
 
+#include "ukprobes/kretprobe_instance.hpp"
+
 namespace ukp::arch {
 struct VectorView;
 }
@@ -49,22 +51,31 @@ enum class EscapeKind : std::uint8_t { None, Handler, MemoryAccess };
 struct ReturnProbe;  // core/kretprobe.hpp
 struct ReturnStackChunk;
 
-// One hijacked return (kernel: kretprobe_instance).  The first three fields
-// and the 64-byte header size are the C API's struct kretprobe_instance
-// (rp, ret_addr, fp, then data[]); kretprobe.cpp checks that with
-// static_assert.  `data_size` bytes of the probe's data follow the header.
-struct ReturnInstance {
-    void* front_end;               // the Kretprobe or struct kretprobe
-    std::uint64_t return_address;  // the real one, put back on return
-    std::uint64_t slot;            // where the return address lives on the stack
+// One hijacked return (kernel: kretprobe_instance).  It begins with what
+// the C++ front end's handlers get (ukp::KretprobeInstance: rp is the
+// Kretprobe, or the struct kretprobe of a C probe; return_address the real
+// one, put back on return; stack_slot where it lives on the stack; data the
+// bytes right after this header), so that nothing is built for them.  Its
+// first three fields and its 64-byte size are also the C API's struct
+// kretprobe_instance (rp, ret_addr, fp, then data[]); kretprobe.cpp checks
+// both layouts with static_assert.  `data_size` bytes of the probe's data
+// follow the header.
+struct ReturnInstance : ukp::KretprobeInstance {
     ReturnProbe* probe;
     ReturnInstance* below;
     ReturnStackChunk* chunk;
-    std::uint32_t probe_depth;     // live instances of `probe` on this thread, this one included
-    std::uint32_t armed;           // 0 until the return address is hijacked
-    std::uint32_t landing;         // the slot holds return landing `landing - 1`; 0: the plain trampoline
-    std::uint16_t owns_landing;    // 1: this instance took that landing (not a tail call reusing it)
-    std::uint16_t walk_restored;   // 1 while a stack walk has the real address in the slot
+    std::uint32_t probe_depth;  // live instances of `probe` on this thread, this one included
+    std::uint16_t landing;      // the slot holds return landing `landing - 1`; 0: the plain trampoline
+    std::uint8_t armed;         // 0 until the return address is hijacked
+    // Whole bytes, not bit-fields: a new header is then written without
+    // reading what the memory held before.
+    std::uint8_t marks;  // instance_owns_landing, instance_walk_restored
+
+    [[nodiscard]] bool owns_landing() const noexcept { return (marks & instance_owns_landing) != 0; }
+    [[nodiscard]] bool walk_restored() const noexcept { return (marks & instance_walk_restored) != 0; }
+
+    static constexpr std::uint8_t instance_owns_landing = 1;   // took that landing (not a tail call reusing it)
+    static constexpr std::uint8_t instance_walk_restored = 2;  // a stack walk has the real address in the slot
 };
 static_assert(sizeof(ReturnInstance) == 64);
 
@@ -119,6 +130,7 @@ public:
 
 private:
     ReturnInstance* place(std::size_t size, ReturnInstance header) noexcept {
+        header.data = free_ + sizeof(ReturnInstance);
         header.below = top_;
         header.chunk = chunk_;
         auto* instance = new (free_) ReturnInstance(header);
