@@ -241,7 +241,9 @@ struct Kretprobe {
     [[nodiscard]] std::uint64_t nmissed() const noexcept;
     // Watched calls left without returning (longjmp, exception, pthread_exit).
     [[nodiscard]] std::uint64_t nabandoned() const noexcept;
-    // Watched calls not yet returned, in every thread.
+    // Watched calls not yet returned, in every thread, with those whose
+    // entry handler runs (one whose entry handler faulted counts until its
+    // thread's next watched call or return).
     [[nodiscard]] std::uint64_t npending() const noexcept;
     [[nodiscard]] bool is_registered() const noexcept;
 

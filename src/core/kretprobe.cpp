@@ -122,8 +122,9 @@ void give_back_landing(ThreadRecord& record, const ReturnInstance& instance) noe
     if (instance.owns_landing()) --record.landings_used;
 }
 
-// Pops the top instance for good.  `pending` is the last access to the
-// probe: after it, its owner may delete it.
+// Pops the top instance for good.  `pending` (which counts every instance
+// on a stack, armed or not) is the last access to the probe: after it, its
+// owner may delete it.
 [[gnu::always_inline]] inline void release_top(ThreadRecord& record) noexcept {
     auto& stack = record.return_stack;
     ReturnProbe* probe = stack.top()->probe;
@@ -139,7 +140,10 @@ void drop_top_abandoned(ThreadRecord& record) noexcept {
         instance->probe->nabandoned.fetch_add(1, std::memory_order_relaxed);
         release_top(record);
     } else {
-        stack.pop();  // an entry handler faulted before the hijack: never counted
+        // An entry handler faulted before the hijack: not an abandoned call.
+        ReturnProbe* probe = instance->probe;
+        stack.pop();
+        probe->pending.remove(record.index);
     }
 }
 
@@ -169,8 +173,7 @@ void unhook_this_thread() noexcept {
 }  // namespace
 
 void abandon_return_instance(ReturnInstance& instance, std::size_t thread_index) noexcept {
-    if (!instance.armed) return;
-    instance.probe->nabandoned.fetch_add(1, std::memory_order_relaxed);
+    if (instance.armed) instance.probe->nabandoned.fetch_add(1, std::memory_order_relaxed);
     instance.probe->pending.remove(thread_index);
 }
 
@@ -250,13 +253,14 @@ namespace {
         probe.count_miss();
         return 0;
     }
+    probe.pending.add(record->index);
     if (probe.entry_handler != nullptr && probe.entry_handler(probe, *instance, regs) != 0) {
         stack.pop();
+        probe.pending.remove(record->index);
         return 0;
     }
     // Step 4: a landing of this thread's block when one is free, so that
     // unwinders can pass the slot (arch/backend.hpp), else the trampoline.
-    probe.pending.add(record->index);
     instance->armed = 1;
     if (!tail_called) {
         if (record->landing_block == -1) {
@@ -286,7 +290,6 @@ namespace {
 [[gnu::noinline]] int arm_top_with_next_landing() noexcept {
     ThreadRecord* record = this_thread_record_if_any();
     ReturnInstance* instance = record->return_stack.top();
-    instance->probe->pending.add(record->index);
     instance->armed = 1;
     ++record->landings_used;
     *reinterpret_cast<std::uint64_t*>(instance->stack_slot) = hijack_with_landing(record, instance, instance->landing - 1);
@@ -296,7 +299,10 @@ namespace {
 // Step 3's pop after an entry handler returned non-zero (see
 // arm_top_with_next_landing).
 [[gnu::noinline]] int skip_top() noexcept {
-    this_thread_record_if_any()->return_stack.pop();
+    ThreadRecord* record = this_thread_record_if_any();
+    ReturnProbe* probe = record->return_stack.top()->probe;
+    record->return_stack.pop();
+    probe->pending.remove(record->index);
     return 0;
 }
 
@@ -323,6 +329,7 @@ namespace {
                                        instance_header(probe, return_address, slot, live + 1, landing));
     if (instance == nullptr) [[unlikely]]  // a miss, or a new chunk to map
         return return_probe_entry_in_general(record, probe, regs);
+    probe.pending.add(record->index);
     if (probe.entry_handler != nullptr && probe.entry_handler(probe, *instance, regs) != 0) return skip_top();
     return arm_top_with_next_landing();
 }

@@ -77,7 +77,7 @@ struct ReturnProbe {
     std::atomic<bool> gone{false};
     std::atomic<std::uint64_t> nmissed{0};     // maxactive reached, or no memory
     std::atomic<std::uint64_t> nabandoned{0};  // instances whose frame was left without return
-    PendingInstances pending;                  // instances alive in any thread
+    PendingInstances pending;                  // instances on any thread's stack, armed or not
 
     void count_miss() noexcept {
         nmissed.fetch_add(1, std::memory_order_relaxed);

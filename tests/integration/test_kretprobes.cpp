@@ -742,8 +742,11 @@ TEST(Kretprobe, FaultingEntryHandlerIsAbandonedAndTheCallCompletes) {
     std::string reported = ::testing::internal::GetCapturedStderr();
     EXPECT_NE(reported.find("faulted"), std::string::npos) << reported;
     EXPECT_EQ(returns, 0);
+    EXPECT_EQ(probe.npending(), 1u) << "the abandoned call's instance stays until the thread's next watched call";
     EXPECT_EQ(kret_add(1, 2), 3);
     EXPECT_EQ(returns, 1);
+    EXPECT_EQ(probe.npending(), 0u) << "dropping the abandoned instance gave back its count";
+    EXPECT_EQ(probe.nabandoned(), 0u) << "a call whose entry handler faulted was never watched";
 }
 
 }  // namespace
