@@ -14,9 +14,10 @@
 //   xmm0-15 (with their ymm/zmm upper halves when in use, read from XINUSE
 //   like the optimized bodies do) come back exactly as they were.  The
 //   narrow variants keep only what a caller relying on the ABI can see:
-//   xmm0-1 (the return values) of the vector registers, and rax, rdx and
-//   the callee-saved registers of the general ones (the handlers see all of
-//   them; changes to the others are not carried out).  They are used when
+//   xmm0-1 (the return values) of the vector registers, rax, rdx and the
+//   callee-saved registers of the general ones, and of the flags only DF,
+//   TF and the system ones (the handlers see everything; changes to the
+//   rest are not carried out).  They are used when
 //   no code of the module calls or jumps to the function directly (the
 //   optimized entry knows, plan_optimization), so every caller relies on
 //   the ABI alone.
@@ -215,14 +216,28 @@ __attribute__((used)) static void define_return_trampoline() {
         vzeroupper
 67:
         mov rsp, rbx
-        UKP_RESTORE_FLAGS %c[regs_size]
         .if \last == 1
+        # A caller relying on the ABI expects no arithmetic flag across a
+        # call: only DF, TF or another system flag in what comes back (a
+        # program single-stepping itself, a handler that changed one) needs
+        # the restore.
+        mov rcx, [rsp + %c[flags]]
+        mov rax, [rsp + %c[regs_size]]
+        xor rax, rcx
+        test rax, %c[not_arithmetic]
+        jnz 68f
+        test ecx, %c[direction_or_trap]
+        jz 69f
+68:     push rcx
+        popfq
+69:
         # What a caller relying on the ABI can see; rcx, rsi, rdi and
-        # r8-r11 are dead to it (the flags' restore used rcx).
+        # r8-r11 are dead to it (the flags' check used rcx).
         .irp reg, rax, rdx, rbx, rbp, r12, r13, r14, r15
         mov \reg, [rsp + ukp_return_offset_\reg]
         .endr
         .else
+        UKP_RESTORE_FLAGS %c[regs_size]
         UKP_RESTORE_GPRS
         .endif
         .if \by_ret
