@@ -232,6 +232,27 @@ FUNCTION flags_entry_function
         ret
 END flags_entry_function
 
+# flags_run's twin for a narrow return: flags_run_narrow calls
+# flags_narrow_function through a register, and no code calls it directly,
+# so that its return probe takes the narrow trampoline.
+FUNCTION flags_run_narrow
+        push rdi
+        popfq
+        lea rax, [rip + flags_narrow_function]
+        call rax
+        pushfq
+        pop rax
+        push 0x202                      # IF and the reserved bit only
+        popfq
+        ret
+END flags_run_narrow
+
+FUNCTION flags_narrow_function
+        lea r11, [r11 + 0]              # 4d 8d 5b 00
+        nop
+        ret
+END flags_narrow_function
+
 # void single_step_run(void): sets TF, runs a few instructions, clears TF.
 # The program's own SIGTRAP handler sees one TRAP_TRACE per instruction.
 FUNCTION single_step_run

@@ -63,6 +63,8 @@ void single_step_call_run(void);
 std::uint64_t flags_run(std::uint64_t flags);
 extern char flags_site[];
 void flags_entry_function(void);
+std::uint64_t flags_run_narrow(std::uint64_t flags);
+void flags_narrow_function(void);
 
 void single_step_run(void);
 extern char single_step_first[];

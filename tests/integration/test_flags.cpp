@@ -138,6 +138,62 @@ TEST_P(FlagsThroughTrampoline, HandlerSettingTrapFlagSingleStepsTheProgram) {
     sigaction(SIGTRAP, &previous, nullptr);
 }
 
+// The narrow return trampoline (a function reached only through a pointer):
+// the arithmetic flags are dead to such a caller and are not restored, but
+// handlers see them, and DF, TF and the other system flags still come back
+// or take effect.
+class FlagsThroughANarrowReturn : public ::testing::Test {
+protected:
+    template <class Change>
+    void watch(Change change) {
+        probe.kp.addr = function_address(flags_narrow_function);
+        probe.handler = [change](ukp::KretprobeInstance&, ukp::Regs& regs) {
+            change(regs);
+            return 0;
+        };
+        auto registered = ukp::register_kretprobe(probe);
+        ASSERT_TRUE(registered) << registered.error().message;
+        auto listed = ukp::list_probes();
+        ASSERT_EQ(listed.size(), 1u);
+        EXPECT_EQ(listed[0].kind, "optimized") << ukp::format_probe_list();
+    }
+    ukp::Kretprobe probe;
+};
+
+TEST_F(FlagsThroughANarrowReturn, HandlersSeeEveryArithmeticCombinationAndDfComesBack) {
+    std::uint64_t seen = 0;
+    watch([&seen](ukp::Regs& regs) { seen = regs.flags; });
+    for (std::uint64_t flags : every_arithmetic_combination()) {
+        const std::uint64_t in = flags | reserved | interrupt;
+        EXPECT_EQ(flags_run_narrow(in) & direction, flags & direction) << std::hex << "flags " << in;
+        EXPECT_EQ(seen & (arithmetic | direction), flags) << std::hex << "flags " << in;
+    }
+}
+
+TEST_F(FlagsThroughANarrowReturn, HandlerSettingAlignmentCheckAndIdTakesEffect) {
+    watch([](ukp::Regs& regs) { regs.flags |= alignment_check | cpuid_allowed; });
+    const std::uint64_t out = flags_run_narrow(reserved | interrupt);
+    EXPECT_EQ(out & (alignment_check | cpuid_allowed), alignment_check | cpuid_allowed) << std::hex << out;
+}
+
+TEST_F(FlagsThroughANarrowReturn, HandlerClearingAProgramsDirectionFlagTakesEffect) {
+    watch([](ukp::Regs& regs) { regs.flags &= ~direction; });
+    EXPECT_EQ(flags_run_narrow(direction | reserved | interrupt) & direction, 0u);
+}
+
+TEST_F(FlagsThroughANarrowReturn, HandlerSettingTrapFlagSingleStepsTheProgram) {
+    struct sigaction action{}, previous{};
+    action.sa_sigaction = count_step_and_stop;
+    action.sa_flags = SA_SIGINFO;
+    ASSERT_EQ(sigaction(SIGTRAP, &action, &previous), 0);
+    watch([](ukp::Regs& regs) { regs.flags |= trap; });
+    steps_seen = 0;
+    const std::uint64_t out = flags_run_narrow(reserved | interrupt);
+    EXPECT_GE(steps_seen, 1);
+    EXPECT_EQ(out & trap, 0u);
+    sigaction(SIGTRAP, &previous, nullptr);
+}
+
 INSTANTIATE_TEST_SUITE_P(Paths, FlagsThroughTrampoline,
                          ::testing::Values("optimized_entry", "optimized_mid", "return"),
                          [](const auto& info) { return std::string(info.param); });
