@@ -45,6 +45,7 @@
 #include "arch/backend.hpp"
 #include "core/engine.hpp"
 #include "core/handler_call.hpp"
+#include "core/kretprobe.hpp"
 #include "core/thread_state.hpp"
 #include "os/linux/raw_syscall.hpp"
 #include "os/linux/signals.hpp"
@@ -566,14 +567,29 @@ template <bool ReturnCall>
     frame->view = arch::VectorView{vectors, 64, static_cast<std::uint8_t>(count)};
     record->vector_view = &frame->view;
     record->current_probe = probe;
-    if constexpr (ReturnCall) record->return_call = tag;
+    ReturnInstance* instance = nullptr;
+    int value = 0;
+    if constexpr (ReturnCall) {
+        // A return probe's entry (the usual owner of such a stub) is called
+        // directly and hands back the instance it hijacked: the record's
+        // return-call fields stay unused.  Anything else finds the tag there.
+        if (probe->pre_handler == return_probe_pre_handler) [[likely]] {
+            mark_handler_escape(record, reinterpret_cast<std::uint64_t>(frame));
+            std::atomic_signal_fence(std::memory_order_seq_cst);
+            instance = return_probe_entry_by_landing_call(*static_cast<ReturnProbe*>(probe->handler_data), *regs);
+            std::atomic_signal_fence(std::memory_order_seq_cst);
+            finish_fast_hit(detail::this_thread);
+            return leave_by_return_call(arch::optimized_hit_regs(frame), frame->continuation, frame->continuation,
+                                        instance);
+        }
+        record->return_call = tag;
+    }
     mark_handler_escape(record, reinterpret_cast<std::uint64_t>(frame));
     std::atomic_signal_fence(std::memory_order_seq_cst);
-    const int value = probe->pre_handler(*probe, *regs);
+    value = probe->pre_handler(*probe, *regs);
     std::atomic_signal_fence(std::memory_order_seq_cst);
     record = detail::this_thread;
     probe = record->current_probe;
-    ReturnInstance* instance = nullptr;
     if constexpr (ReturnCall) {
         instance = record->return_call_instance;
         record->return_call = 0;

@@ -201,21 +201,21 @@ namespace {
 }
 
 // Landing `index`'s word for `instance`'s slot.  In an optimized hit whose
-// stub has the return call, the instance goes to the dispatcher, which
-// enters the function by the landing's call and sets the landing's way into
-// the trampoline on every way out of the hit (leave_by_return_call);
-// elsewhere it is set here.  The narrow trampoline (return values only) when
-// the optimized entry knows no caller relies on more (arch/backend.hpp).
-[[gnu::always_inline]] inline std::uint64_t hijack_with_landing(ThreadRecord* record, ReturnInstance* instance,
-                                                                std::size_t index) noexcept {
-    if (record->return_call != 0) {
-        record->return_call_instance = instance;
-        return arch::return_landing_target(index, instance->return_address);
-    }
+// stub has the return call (`by_landing_call`), the dispatcher enters the
+// function by the landing's call and sets the landing's way into the
+// trampoline on every way out of the hit (leave_by_return_call); elsewhere
+// it is set here.  The narrow trampoline (return values only) only when the
+// optimized entry knows no caller relies on more (arch/backend.hpp).
+[[gnu::always_inline]] inline std::uint64_t hijack_with_landing(const ReturnInstance* instance, std::size_t index,
+                                                                bool by_landing_call) noexcept {
+    if (by_landing_call) return arch::return_landing_target(index, instance->return_address);
     return arch::return_landing(index, instance->return_address, false);
 }
 
-[[gnu::noinline]] int return_probe_entry_in_general(ThreadRecord* record, ReturnProbe& probe, pt_regs& regs) noexcept {
+// Returns the instance it hijacked with a landing when `by_landing_call`
+// (see hijack_with_landing), else nullptr.
+[[gnu::noinline]] ReturnInstance* return_probe_entry_in_general(ThreadRecord* record, ReturnProbe& probe,
+                                                                pt_regs& regs, bool by_landing_call) noexcept {
     auto& stack = record->return_stack;
     const std::uint64_t slot = arch::return_address_slot_at_entry(regs);
     auto* word = reinterpret_cast<std::uint64_t*>(slot);
@@ -235,7 +235,7 @@ namespace {
         if (top == nullptr || top->stack_slot != slot) {
             // Not ours to follow (cannot happen unless the stack was corrupted).
             probe.count_miss();
-            return 0;
+            return nullptr;
         }
         return_address = top->return_address;
         landing = top->landing;
@@ -244,20 +244,20 @@ namespace {
     const std::uint32_t live = live_instances(stack, probe);
     if (live >= probe.maxactive) {
         probe.count_miss();
-        return 0;
+        return nullptr;
     }
     // Step 3.
     ReturnInstance* instance =
         stack.push(probe.data_size, instance_header(probe, return_address, slot, live + 1));
     if (instance == nullptr) {
         probe.count_miss();
-        return 0;
+        return nullptr;
     }
     probe.pending.add(record->index);
     if (probe.entry_handler != nullptr && probe.entry_handler(probe, *instance, regs) != 0) {
         stack.pop();
         probe.pending.remove(record->index);
-        return 0;
+        return nullptr;
     }
     // Step 4: a landing of this thread's block when one is free, so that
     // unwinders can pass the slot (arch/backend.hpp), else the trampoline.
@@ -272,14 +272,14 @@ namespace {
                                 record->landings_used++;
             instance->landing = static_cast<std::uint16_t>(index + 1);
             instance->marks = ReturnInstance::instance_owns_landing;
-            *word = hijack_with_landing(record, instance, index);
-        } else {
-            *word = arch::return_trampoline_address();
+            *word = hijack_with_landing(instance, index, by_landing_call);
+            return by_landing_call ? instance : nullptr;
         }
+        *word = arch::return_trampoline_address();
     } else {
         instance->landing = static_cast<std::uint16_t>(landing);
     }
-    return 0;
+    return nullptr;
 }
 
 // Step 4 of the common case: the instance on top's header names the
@@ -287,39 +287,42 @@ namespace {
 // own, reached by a tail call, that finds the record and the instance
 // itself: nothing before it then needs keeping across the entry handler's
 // call (GCC would keep it in callee-saved registers: five pushes and pops).
-[[gnu::noinline]] int arm_top_with_next_landing() noexcept {
+[[gnu::noinline]] ReturnInstance* arm_top_with_next_landing(bool by_landing_call) noexcept {
     ThreadRecord* record = this_thread_record_if_any();
     ReturnInstance* instance = record->return_stack.top();
     instance->armed = 1;
     ++record->landings_used;
-    *reinterpret_cast<std::uint64_t*>(instance->stack_slot) = hijack_with_landing(record, instance, instance->landing - 1);
-    return 0;
+    *reinterpret_cast<std::uint64_t*>(instance->stack_slot) =
+        hijack_with_landing(instance, instance->landing - 1, by_landing_call);
+    return instance;
 }
 
 // Step 3's pop after an entry handler returned non-zero (see
 // arm_top_with_next_landing).
-[[gnu::noinline]] int skip_top() noexcept {
+[[gnu::noinline]] ReturnInstance* skip_top() noexcept {
     ThreadRecord* record = this_thread_record_if_any();
     ReturnProbe* probe = record->return_stack.top()->probe;
     record->return_stack.pop();
     probe->pending.remove(record->index);
-    return 0;
+    return nullptr;
 }
 
 // The common case on its own: no tail call, nothing to drop, a free landing
 // in the thread's block.  Everything else is a tail call to the general
 // path, and everything needed after the entry handler is found again
 // (the instance is on top), so that nothing is live across that call.
-[[gnu::always_inline]] inline int return_probe_entry_inline(ReturnProbe& probe, pt_regs& regs) noexcept {
+// Returns what return_probe_entry_in_general does.
+[[gnu::always_inline]] inline ReturnInstance* return_probe_entry_inline(ReturnProbe& probe, pt_regs& regs,
+                                                                        bool by_landing_call) noexcept {
     ThreadRecord* record = this_thread_record_if_any();
-    if (record == nullptr) return 0;  // cannot be: the dispatcher claimed it
+    if (record == nullptr) return nullptr;  // cannot be: the dispatcher claimed it
     auto& stack = record->return_stack;
     const std::uint64_t slot = arch::return_address_slot_at_entry(regs);
     const std::uint64_t return_address = *reinterpret_cast<const std::uint64_t*>(slot);
     const ReturnInstance* top = stack.top();
     if (arch::is_return_hijack(return_address) || (top != nullptr && (!top->armed || top->stack_slot <= slot)) ||
         record->landing_block < 0 || record->landings_used >= arch::return_landings_per_block) [[unlikely]]
-        return return_probe_entry_in_general(record, probe, regs);
+        return return_probe_entry_in_general(record, probe, regs, by_landing_call);
     const std::uint32_t live = live_instances(stack, probe);
     ReturnInstance* instance = nullptr;
     const auto landing = static_cast<std::uint16_t>(
@@ -328,18 +331,32 @@ namespace {
         instance = stack.push_in_chunk(probe.data_size,
                                        instance_header(probe, return_address, slot, live + 1, landing));
     if (instance == nullptr) [[unlikely]]  // a miss, or a new chunk to map
-        return return_probe_entry_in_general(record, probe, regs);
+        return return_probe_entry_in_general(record, probe, regs, by_landing_call);
     probe.pending.add(record->index);
     if (probe.entry_handler != nullptr && probe.entry_handler(probe, *instance, regs) != 0) return skip_top();
-    return arm_top_with_next_landing();
+    return arm_top_with_next_landing(by_landing_call);
+}
+
+// An entry outside the dispatcher's common case of a return-call stub: in
+// an optimized hit whose stub has the return call, the instance goes to the
+// dispatcher through the record (optimized_pre_hit_return_call_in_general).
+int entry_through_the_record(ReturnProbe& probe, pt_regs& regs) noexcept {
+    const bool by_landing_call = this_thread_record_if_any()->return_call != 0;
+    if (ReturnInstance* instance = return_probe_entry_inline(probe, regs, by_landing_call); instance != nullptr)
+        this_thread_record_if_any()->return_call_instance = instance;
+    return 0;
 }
 
 }  // namespace
 
-int return_probe_entry(ReturnProbe& probe, pt_regs& regs) noexcept { return return_probe_entry_inline(probe, regs); }
+int return_probe_entry(ReturnProbe& probe, pt_regs& regs) noexcept { return entry_through_the_record(probe, regs); }
 
 int return_probe_pre_handler(ProbeRecord& entry, pt_regs& regs) noexcept {
-    return return_probe_entry_inline(*static_cast<ReturnProbe*>(entry.handler_data), regs);
+    return entry_through_the_record(*static_cast<ReturnProbe*>(entry.handler_data), regs);
+}
+
+ReturnInstance* return_probe_entry_by_landing_call(ReturnProbe& probe, pt_regs& regs) noexcept {
+    return return_probe_entry_inline(probe, regs, true);
 }
 
 void retire_return_probe(ReturnProbe& probe) noexcept {

@@ -93,6 +93,11 @@ int return_probe_entry(ReturnProbe& probe, pt_regs& regs) noexcept;
 // The same as an engine pre-handler whose record's handler_data is the
 // ReturnProbe: the entry record calls it directly, with no thunk between.
 int return_probe_pre_handler(ProbeRecord& entry, pt_regs& regs) noexcept;
+// The same for the common case of an optimized hit whose stub has the
+// return call (dispatch.cpp): returns the instance it hijacked with a
+// landing, or nullptr, and leaves that landing's way into the trampoline
+// to the caller, which enters the function by the landing's call.
+ReturnInstance* return_probe_entry_by_landing_call(ReturnProbe& probe, pt_regs& regs) noexcept;
 
 // Unregistration's second half, after the entry probe is unregistered:
 // marks the probe gone and waits until no thread runs its return handler.
