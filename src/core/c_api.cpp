@@ -5,6 +5,7 @@
 
 #include "core/engine.hpp"
 #include "core/front_end.hpp"
+#include "core/kretprobe.hpp"
 #include "ukprobes/kprobes.h"
 #include "ukprobes/ukprobes.hpp"
 
@@ -65,8 +66,15 @@ UKP_API int register_kprobes(struct kprobe** probes, int count) {
         record->mirror_nmissed = &probe->nmissed;
         record->enabled.store(!(probe->flags & KPROBE_FLAG_DISABLED));
         record->no_optimize = (probe->flags & UKP_NO_OPTIMIZE) != 0;
-        // A struct kretprobe's kp: its stub gets the return call (dispatch.cpp).
+        // A struct kretprobe's kp: its stub gets the return call (dispatch.cpp),
+        // and its record calls the engine's entry directly, as a C++
+        // Kretprobe's does (no thunk, and the dispatcher knows it).
         record->return_entry = probe->pre_handler == detail::c_return_entry;
+        record->handler_data = nullptr;
+        if (record->return_entry) {
+            record->pre_handler = core::return_probe_pre_handler;
+            record->handler_data = detail::c_return_probe(probe);
+        }
         records.push_back(record);
         targets.push_back({reinterpret_cast<std::uint64_t>(probe->addr),
                            probe->symbol_name ? probe->symbol_name : "", probe->offset});

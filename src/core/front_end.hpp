@@ -16,7 +16,10 @@ void set_return_entry_handler(Kprobe& probe, core::PreHandlerFn handler, void* d
 
 // The pre-handler the C front end's register_kretprobes gives a struct
 // kretprobe's kp (kretprobe.cpp); c_api.cpp marks such records as return
-// probes' entries.
+// probes' entries and, as set_return_entry_handler does, has them call
+// core::return_probe_pre_handler with c_return_probe(entry) instead.
 int c_return_entry(struct kprobe* entry, struct pt_regs* regs);
+// The engine's ReturnProbe behind such a kp (its struct kretprobe's).
+void* c_return_probe(struct kprobe* entry);
 
 }  // namespace ukp::detail

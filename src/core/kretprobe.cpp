@@ -729,6 +729,8 @@ std::once_flag c_trampoline_prepared;
 
 // The entry pre-handler of a C return probe; c_api.cpp recognises it and
 // marks the record as a return probe's entry.
+void* ukp::detail::c_return_probe(struct kprobe* entry) { return kretprobe_of(entry)->ukprobes_private; }
+
 int ukp::detail::c_return_entry(struct kprobe* entry, struct pt_regs* regs) {
     auto* probe = static_cast<ReturnProbe*>(kretprobe_of(entry)->ukprobes_private);
     return return_probe_entry(*probe, *regs);
