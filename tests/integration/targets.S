@@ -207,6 +207,16 @@ FUNCTION clobber_entry_function
         ret
 END clobber_entry_function
 
+# The end of flags_run and its twin: the flags as they are, returned with
+# the ones the ABI expects.
+.macro FLAGS_RETURN
+        pushfq
+        pop rax
+        push 0x202                      # IF and the reserved bit only
+        popfq
+        ret
+.endm
+
 # std::uint64_t flags_run(std::uint64_t flags): loads `flags`, calls an
 # entry probe site, passes a mid-function site, and returns the flags as
 # they are after both.  It returns with the flags the ABI expects (DF and AC
@@ -219,11 +229,7 @@ FUNCTION flags_run
 flags_site:
         lea r11, [r11 + 0]              # 4d 8d 5b 00
         lea r11, [r11 + 0]              # 4d 8d 5b 00
-        pushfq
-        pop rax
-        push 0x202                      # IF and the reserved bit only
-        popfq
-        ret
+FLAGS_RETURN
 END flags_run
 
 FUNCTION flags_entry_function
@@ -240,11 +246,7 @@ FUNCTION flags_run_narrow
         popfq
         lea rax, [rip + flags_narrow_function]
         call rax
-        pushfq
-        pop rax
-        push 0x202                      # IF and the reserved bit only
-        popfq
-        ret
+FLAGS_RETURN
 END flags_run_narrow
 
 FUNCTION flags_narrow_function
