@@ -478,17 +478,18 @@ inline void finish_fast_hit(ThreadRecord* record) noexcept {
 [[gnu::always_inline]] inline std::uint64_t leave_by_return_call(const pt_regs* regs, std::uint64_t next,
                                                                  std::uint64_t continuation,
                                                                  const ReturnInstance* instance) noexcept {
-    auto narrow = [&] { return (arch::return_call_stub_tag(continuation) & arch::stub_tag_narrow_return) != 0; };
     if (next != continuation) [[unlikely]] {
-        if (instance != nullptr) arch::leave_landing_by_jump(instance->landing - 1, narrow());
+        if (instance != nullptr)
+            arch::leave_landing_by_jump(instance->landing - 1, arch::is_narrow_return_call(continuation));
         return next;
     }
     std::uint64_t target = arch::relocated_region_after_return_call(continuation);
     if (instance != nullptr) {
+        const bool narrow = arch::is_narrow_return_call(continuation);
         if (instance->stack_slot == regs->sp && !arch::is_single_stepping(*regs)) [[likely]]
-            target = arch::enter_by_landing_call(instance->landing - 1, target, narrow());
+            target = arch::enter_by_landing_call(instance->landing - 1, target, narrow);
         else
-            arch::leave_landing_by_jump(instance->landing - 1, narrow());
+            arch::leave_landing_by_jump(instance->landing - 1, narrow);
     }
     *arch::return_call_target_word(regs->sp) = target;
     return continuation;
@@ -638,8 +639,7 @@ extern "C" [[gnu::used]] std::uint64_t ukp_optimized_abandoned(pt_regs* regs, pt
         // that faulted hijacked nothing (the instance is armed after it);
         // the landing is set all the same should that change.
         if (const ReturnInstance* instance = record->return_call_instance; instance != nullptr)
-            arch::leave_landing_by_jump(instance->landing - 1,
-                                        (arch::return_call_stub_tag(continuation) & arch::stub_tag_narrow_return) != 0);
+            arch::leave_landing_by_jump(instance->landing - 1, arch::is_narrow_return_call(continuation));
         record->return_call = 0;
         record->return_call_instance = nullptr;
         *arch::return_call_target_word(regs->sp) = arch::relocated_region_after_return_call(continuation);

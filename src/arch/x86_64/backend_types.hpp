@@ -80,10 +80,11 @@ inline void complete_optimized_backup(const pt_regs* regs, pt_regs* backup) noex
     backup->flags = *flags;
     backup->sp = reinterpret_cast<std::uint64_t>(flags) + x86::body_sp_above_flags;
 }
-// The tag bits of such a stub's data word (stub_tag_narrow_return), given
-// the continuation.
-[[nodiscard]] inline std::uintptr_t return_call_stub_tag(std::uint64_t continuation) noexcept {
-    return *reinterpret_cast<const std::uint64_t*>(x86::stub_data_address(continuation)) & x86::stub_tag_mask;
+// Whether such a stub's data word has stub_tag_narrow_return (the function
+// has no direct callers), given the continuation.
+[[nodiscard]] inline bool is_narrow_return_call(std::uint64_t continuation) noexcept {
+    return (*reinterpret_cast<const std::uint64_t*>(x86::stub_data_address(continuation)) &
+            x86::stub_tag_narrow_return) != 0;
 }
 // Where that jmp reads its target, given the sp the function is entered with.
 [[nodiscard]] inline std::uint64_t* return_call_target_word(std::uint64_t sp) noexcept {
