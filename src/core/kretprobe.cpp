@@ -294,7 +294,7 @@ namespace {
     ++record->landings_used;
     *reinterpret_cast<std::uint64_t*>(instance->stack_slot) =
         hijack_with_landing(instance, instance->landing - 1, by_landing_call);
-    return instance;
+    return by_landing_call ? instance : nullptr;
 }
 
 // Step 3's pop after an entry handler returned non-zero (see
@@ -341,8 +341,9 @@ namespace {
 // an optimized hit whose stub has the return call, the instance goes to the
 // dispatcher through the record (optimized_pre_hit_return_call_in_general).
 int entry_through_the_record(ReturnProbe& probe, pt_regs& regs) noexcept {
-    const bool by_landing_call = this_thread_record_if_any()->return_call != 0;
-    if (ReturnInstance* instance = return_probe_entry_inline(probe, regs, by_landing_call); instance != nullptr)
+    const ThreadRecord* record = this_thread_record_if_any();
+    if (record == nullptr) return 0;  // cannot be: the dispatcher claimed it
+    if (ReturnInstance* instance = return_probe_entry_inline(probe, regs, record->return_call != 0))
         this_thread_record_if_any()->return_call_instance = instance;
     return 0;
 }
