@@ -496,9 +496,9 @@ inline void finish_fast_hit(ThreadRecord* record) noexcept {
 }
 
 // A return probe's entry outside the common path: the record says which
-// return call this is while the handlers run (return_probe_entry() reads
-// it), and the outer one, if a signal arrived inside another entry, is put
-// back after.
+// return call this is while the handlers run (return_probe_pre_handler()
+// reads it), and the outer one, if a signal arrived inside another entry, is
+// put back after.
 [[gnu::noinline]] std::uint64_t optimized_pre_hit_return_call_in_general(pt_regs* regs, const std::uint8_t* vectors,
                                                                          unsigned count, pt_regs* backup,
                                                                          ProbePoint* point, std::uintptr_t tag,

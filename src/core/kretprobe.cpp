@@ -350,8 +350,6 @@ int entry_through_the_record(ReturnProbe& probe, pt_regs& regs) noexcept {
 
 }  // namespace
 
-int return_probe_entry(ReturnProbe& probe, pt_regs& regs) noexcept { return entry_through_the_record(probe, regs); }
-
 int return_probe_pre_handler(ProbeRecord& entry, pt_regs& regs) noexcept {
     return entry_through_the_record(*static_cast<ReturnProbe*>(entry.handler_data), regs);
 }
@@ -673,7 +671,7 @@ UKP_API Result<void> register_kretprobes(std::span<Kretprobe* const> probes) {
         core_probe->maxactive = probe->maxactive > 0 ? static_cast<std::uint32_t>(probe->maxactive)
                                                      : core::default_maxactive;
         state->probe = core_probe;
-        // The entry record calls return_probe_entry directly; kp.pre_handler
+        // The entry record calls return_probe_pre_handler; kp.pre_handler
         // is not used (a std::function holding core_probe would outlive it).
         detail::set_return_entry_handler(probe->kp, core::return_probe_pre_handler, core_probe);
         entries.push_back(&probe->kp);
@@ -734,7 +732,7 @@ void* ukp::detail::c_return_probe(struct kprobe* entry) { return kretprobe_of(en
 
 int ukp::detail::c_return_entry(struct kprobe* entry, struct pt_regs* regs) {
     auto* probe = static_cast<ReturnProbe*>(kretprobe_of(entry)->ukprobes_private);
-    return return_probe_entry(*probe, *regs);
+    return entry_through_the_record(*probe, *regs);
 }
 
 extern "C" {

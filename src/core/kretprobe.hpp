@@ -88,10 +88,9 @@ struct ReturnProbe {
 // maxactive <= 0 means this many live instances per thread.
 inline constexpr std::uint32_t default_maxactive = 64;
 
-// The entry probe's pre-handler body: always returns 0 (the function runs).
-int return_probe_entry(ReturnProbe& probe, pt_regs& regs) noexcept;
-// The same as an engine pre-handler whose record's handler_data is the
-// ReturnProbe: the entry record calls it directly, with no thunk between.
+// The entry probe's pre-handler, as an engine pre-handler whose record's
+// handler_data is the ReturnProbe (both front ends' entry records call it
+// directly, with no thunk between): always returns 0 (the function runs).
 int return_probe_pre_handler(ProbeRecord& entry, pt_regs& regs) noexcept;
 // The same for the common case of an optimized hit whose stub has the
 // return call (dispatch.cpp): returns the instance it hijacked with a
