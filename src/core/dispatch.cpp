@@ -569,7 +569,6 @@ template <bool ReturnCall>
     record->vector_view = &frame->view;
     record->current_probe = probe;
     ReturnInstance* instance = nullptr;
-    int value = 0;
     if constexpr (ReturnCall) {
         // A return probe's entry (the usual owner of such a stub) is called
         // directly and hands back the instance it hijacked: the record's
@@ -587,7 +586,7 @@ template <bool ReturnCall>
     }
     mark_handler_escape(record, reinterpret_cast<std::uint64_t>(frame));
     std::atomic_signal_fence(std::memory_order_seq_cst);
-    value = probe->pre_handler(*probe, *regs);
+    const int value = probe->pre_handler(*probe, *regs);
     std::atomic_signal_fence(std::memory_order_seq_cst);
     record = detail::this_thread;
     probe = record->current_probe;
